@@ -1,0 +1,266 @@
+"""The ledger row contract: parse, validate and normalise one line of ``ai_ledger.jsonl``.
+
+Two dialects are accepted. The spec's row::
+
+    {"ts", "provider", "model", "prompt_hash", "output_hash", "session_id",
+     "wallet", "credits_used", "score", "meta"}
+
+and the one existing Thronos servers write, which says ``timestamp`` (epoch seconds),
+``metadata``, ``model_id``, a top-level ``latency_ms`` or ``duration`` (seconds),
+``success``/``error``, and may carry a user rating in ``metadata.rating`` or
+``metadata.user_rating`` instead of ``score``.
+
+A row's id is its ``id`` (or ``interaction_id``). Without one, the id is
+``"h" + sha256(canonical JSON of the row)[:32]``, where the canonical JSON has sorted
+keys and no whitespace, so the same row always gets the same id wherever it is read.
+
+Everything downstream works on :class:`Row`; nothing else reads raw ledger JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+MAX_LINE_BYTES = 1 << 20
+MAX_META_BYTES = 64 << 10
+MAX_ID_CHARS = 200
+# Bounds on ts: anything outside is a clock or unit error, not an interaction.
+MIN_TS = 946_684_800.0  # 2000-01-01
+MAX_TS = 4_102_444_800.0  # 2100-01-01
+# Epoch numbers above this are milliseconds (1e11 s is the year 5138).
+MS_CUTOFF = 1e11
+
+OUTPUT_LENGTH_KEYS = ("output_chars", "output_len", "output_length", "output_tokens")
+LATENCY_MS_KEYS = ("latency_ms",)
+
+
+class RowError(ValueError):
+    """A row that breaks the contract; the message is the one-line reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """A valid, normalised interaction. Only what the analytics use; no raw text."""
+
+    id: str
+    ts: float
+    provider: str
+    model: str | None
+    session_id: str | None
+    wallet: str | None
+    credits_used: float
+    score: float | None
+    latency_ms: float | None
+    output_len: float | None
+    use_case: str | None
+    success: bool
+    prompt_hash: str | None = None
+    output_hash: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        """The row as a spec-dialect object, which is what travels to workers.
+
+        Workers read it back with :meth:`from_wire`, which is :func:`normalise`, so the
+        same contract is enforced on both sides and ``from_wire(to_wire(r)) == r``.
+        """
+        wire = {k: v for k, v in asdict(self).items() if v is not None}
+        meta = {
+            "latency_ms": wire.pop("latency_ms", None),
+            "output_chars": wire.pop("output_len", None),
+            "use_case": wire.pop("use_case", None),
+        }
+        wire["meta"] = {k: v for k, v in meta.items() if v is not None}
+        return wire
+
+    @classmethod
+    def from_wire(cls, data: Any) -> Row:
+        return normalise(data)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A line that was not a valid row: where it was and why."""
+
+    line: int
+    reason: str
+    raw: str
+
+    def to_json(self, source: str) -> dict[str, Any]:
+        # Keep a bounded excerpt: the dead letter is for reading, the ledger keeps the original.
+        return {"source": source, "line": self.line, "reason": self.reason, "raw": self.raw[:2048]}
+
+
+def parse_line(line: bytes | str, lineno: int = 0) -> Row | Rejection:
+    """Parse one ledger line. Never raises: a bad line becomes a :class:`Rejection`."""
+    raw = line.encode("utf-8", "surrogatepass") if isinstance(line, str) else bytes(line)
+    text = raw.decode("utf-8", "replace")
+    try:
+        if len(raw) > MAX_LINE_BYTES:
+            raise RowError(f"line is {len(raw)} bytes, over the {MAX_LINE_BYTES} byte limit")
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise RowError(f"not valid JSON: {exc}") from None
+        return normalise(obj)
+    except RowError as exc:
+        return Rejection(lineno, str(exc), text)
+
+
+def normalise(obj: Any) -> Row:
+    """Validate a decoded row and map either dialect onto :class:`Row`."""
+    if not isinstance(obj, dict):
+        raise RowError(f"row is a JSON {type(obj).__name__}, not an object")
+    meta = obj.get("meta", obj.get("metadata"))
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict):
+        raise RowError(f"meta is a {type(meta).__name__}, not an object")
+    meta_size = len(_dumps(meta, "meta"))
+    if meta_size > MAX_META_BYTES:
+        raise RowError(f"meta is {meta_size} bytes, over the {MAX_META_BYTES} byte limit")
+
+    provider = obj.get("provider")
+    if not isinstance(provider, str) or not provider.strip():
+        raise RowError("no provider" if provider is None else "provider is not a non-empty string")
+
+    score = _number(obj, "score")
+    if score is None:
+        score = _rating(meta)
+    credits = _number(obj, "credits_used")
+    if credits is not None and credits < 0:
+        raise RowError(f"credits_used is negative ({credits})")
+    latency = _latency_ms(obj, meta)
+    output_len = _first_number(meta, OUTPUT_LENGTH_KEYS, "meta.")
+    if output_len is not None and output_len < 0:
+        raise RowError(f"output length is negative ({output_len})")
+    use_case = meta.get("use_case")
+
+    return Row(
+        id=_row_id(obj),
+        ts=_timestamp(obj),
+        provider=provider.strip().lower()[:MAX_ID_CHARS],
+        model=_text(obj, "model") or _text(obj, "model_id"),
+        session_id=_text(obj, "session_id"),
+        wallet=_text(obj, "wallet"),
+        credits_used=credits or 0.0,
+        score=score,
+        latency_ms=latency,
+        output_len=output_len,
+        use_case=str(use_case).strip().lower()[:MAX_ID_CHARS] if use_case else None,
+        success=_success(obj),
+        prompt_hash=_text(obj, "prompt_hash"),
+        output_hash=_text(obj, "output_hash"),
+    )
+
+
+def content_id(obj: dict[str, Any]) -> str:
+    canonical = _dumps(obj, "row", orjson.OPT_SORT_KEYS)
+    return "h" + hashlib.sha256(canonical).hexdigest()[:32]
+
+
+def _dumps(value: Any, what: str, option: int = 0) -> bytes:
+    try:
+        return orjson.dumps(value, option=option)
+    except TypeError as exc:  # integers over 64 bits, non-string keys, NaN from a lax parser
+        raise RowError(f"{what} cannot be stored as JSON: {exc}") from None
+
+
+def _row_id(obj: dict[str, Any]) -> str:
+    for key in ("id", "interaction_id"):
+        value = obj.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise RowError(f"{key} is a {type(value).__name__}, not a string or integer")
+        value = str(value)
+        if not value or len(value) > MAX_ID_CHARS:
+            raise RowError(f"{key} must have 1 to {MAX_ID_CHARS} characters")
+        return value
+    return content_id(obj)
+
+
+def _timestamp(obj: dict[str, Any]) -> float:
+    key = "ts" if "ts" in obj else "timestamp"
+    value = obj.get(key)
+    if value is None:
+        raise RowError("no ts or timestamp")
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            try:
+                parsed = datetime.fromisoformat(value.strip())
+            except ValueError:
+                raise RowError(f"{key} {value[:40]!r} is neither ISO 8601 nor epoch") from None
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            value = parsed.timestamp()
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise RowError(f"{key} is not a finite number or ISO 8601 string")
+    ts = float(value) / 1000.0 if abs(value) > MS_CUTOFF else float(value)
+    if not MIN_TS <= ts < MAX_TS:
+        raise RowError(f"{key} {value} is outside 2000..2100")
+    return ts
+
+
+def _number(obj: dict[str, Any], key: str, prefix: str = "") -> float | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RowError(f"{prefix}{key} is a {type(value).__name__}, not a number")
+    if not math.isfinite(value):
+        raise RowError(f"{prefix}{key} is {value}, not a finite number")
+    return float(value)
+
+
+def _first_number(obj: dict[str, Any], keys: tuple[str, ...], prefix: str = "") -> float | None:
+    for key in keys:
+        value = _number(obj, key, prefix)
+        if value is not None:
+            return value
+    return None
+
+
+def _rating(meta: dict[str, Any]) -> float | None:
+    rating = _first_number(meta, ("rating", "user_rating"), "meta.")
+    if rating is None:
+        return None
+    if rating < 0 or rating > 5:
+        raise RowError(f"meta rating {rating} is outside 0..5")
+    # Ratings above 1 are stars (1..5); map them onto the score's 0..1 scale.
+    return (rating - 1.0) / 4.0 if rating > 1 else rating
+
+
+def _latency_ms(obj: dict[str, Any], meta: dict[str, Any]) -> float | None:
+    latency = _first_number(meta, LATENCY_MS_KEYS, "meta.")
+    if latency is None:
+        latency = _number(obj, "latency_ms")
+    if latency is None:
+        seconds = _number(obj, "duration")
+        latency = None if seconds is None else seconds * 1000.0
+    if latency is not None and latency < 0:
+        raise RowError(f"latency is negative ({latency} ms)")
+    return latency
+
+
+def _text(obj: dict[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise RowError(f"{key} is a {type(value).__name__}, not a string")
+    return str(value)[:MAX_ID_CHARS]
+
+
+def _success(obj: dict[str, Any]) -> bool:
+    if obj.get("error"):
+        return False
+    success = obj.get("success", True)
+    return bool(success) if isinstance(success, bool | int) else True

@@ -1,0 +1,1 @@
+"""Producers: rows into the pipeline, from the ledger writer, a tailed ledger, or a backfill."""

@@ -1,0 +1,111 @@
+"""Sending rows to the scoring queue, now or in micro-batches from a background thread."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from analytics.contract import Row
+
+log = logging.getLogger(__name__)
+SCORE_BATCH = "thronos.score_batch"
+
+
+def send_batch(rows: Sequence[Row]) -> None:
+    """Publish one scoring task for ``rows``; raises if the broker cannot take it."""
+    from workers.celery_app import app  # the app reads REDIS_URL when first imported
+
+    if rows:
+        app.send_task(SCORE_BATCH, args=[[row.to_wire() for row in rows]], retry=False)
+
+
+class Outbox:
+    """Rows waiting to be sent, and the thread that sends them.
+
+    A row arriving when nothing was sent for ``linger_ms`` goes out at once. Under load,
+    rows arriving within ``linger_ms`` of the last send are gathered into one batch of up to
+    ``batch_size``. If sending fails (broker down), the rows stay queued and the thread
+    retries with backoff; past ``max_rows`` the oldest are dropped from memory, which loses
+    nothing because they are in the ledger, and ``backfill`` or the tail producer resends
+    them.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[Sequence[Row]], None] = send_batch,
+        batch_size: int = 500,
+        linger_ms: float = 5.0,
+        max_rows: int = 100_000,
+    ) -> None:
+        self.send = send
+        self.batch_size = batch_size
+        self.linger = linger_ms / 1000.0
+        self.rows: deque[Row] = deque(maxlen=max_rows)
+        self.dropped = 0
+        self.in_flight = 0
+        self.last_send = 0.0
+        self.closed = False
+        self.ready = threading.Condition()
+        self.thread = threading.Thread(target=self._run, name="thronos-outbox", daemon=True)
+        self.thread.start()
+
+    def put(self, row: Row) -> None:
+        with self.ready:
+            if len(self.rows) == self.rows.maxlen:
+                self.dropped += 1
+            self.rows.append(row)
+            self.ready.notify_all()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued row was sent; False if ``timeout`` ran out first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.ready:
+            while self.rows or self.in_flight:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self.ready.wait(left)
+        return True
+
+    def close(self, timeout: float | None = 5.0) -> bool:
+        flushed = self.flush(timeout)
+        with self.ready:
+            self.closed = True
+            self.ready.notify_all()
+        return flushed
+
+    def _next_batch(self) -> list[Row] | None:
+        with self.ready:
+            while not self.rows and not self.closed:
+                self.ready.wait()
+            if self.closed:
+                return None
+            # Busy: give followers up to the linger window to join this batch.
+            gather_until = self.last_send + self.linger
+            while len(self.rows) < self.batch_size and time.monotonic() < gather_until:
+                self.ready.wait(gather_until - time.monotonic())
+            batch = [self.rows.popleft() for _ in range(min(self.batch_size, len(self.rows)))]
+            self.in_flight = len(batch)
+            return batch
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while (batch := self._next_batch()) is not None:
+            try:
+                self.send(batch)
+                backoff = 0.05
+            except Exception as exc:
+                log.warning("cannot send %d rows (%s); retrying in %.1fs", len(batch), exc, backoff)
+                with self.ready:
+                    self.rows.extendleft(reversed(batch))
+                    self.in_flight = 0
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            with self.ready:
+                self.in_flight = 0
+                self.last_send = time.monotonic()
+                self.ready.notify_all()

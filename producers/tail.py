@@ -1,0 +1,163 @@
+"""Following a ledger that another program writes, and replaying a whole one.
+
+The tail producer keeps a checkpoint (inode, byte offset, line number) beside the ledger,
+written atomically after each batch is handed to Redis. After a restart it resumes there,
+so it skips nothing; a batch sent but not yet checkpointed is sent again, which scoring
+ignores because every row has an id. Only complete lines are read: a partial last line
+waits for its newline. A file that shrank was truncated and is read again from the top;
+a path that points at a new inode was rotated, and the old file is finished first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import orjson
+
+from analytics.contract import Rejection, Row, parse_line
+from workers.export import write_atomically
+
+log = logging.getLogger(__name__)
+READ_CHUNK = 1 << 22
+IDLE_POLL = 0.005
+
+
+@dataclass
+class Position:
+    inode: int = 0
+    offset: int = 0
+    line: int = 0
+
+    @classmethod
+    def load(cls, path: Path) -> Position:
+        try:
+            return cls(**orjson.loads(path.read_bytes()))
+        except FileNotFoundError:
+            return cls()
+
+    def save(self, path: Path) -> None:
+        write_atomically(path, orjson.dumps(asdict(self)))
+
+
+@dataclass
+class Batch:
+    rows: list[Row]
+    rejections: list[Rejection]
+    end: Position
+
+
+def read_batches(f: BinaryIO, start: Position, batch_size: int) -> Iterator[Batch]:
+    """Parse complete lines from ``start`` on, in batches of up to ``batch_size`` lines."""
+    f.seek(start.offset)
+    offset, line = start.offset, start.line
+    rows: list[Row] = []
+    rejections: list[Rejection] = []
+    tail = b""
+    while chunk := f.read(READ_CHUNK):
+        lines = (tail + chunk).split(b"\n")
+        tail = lines.pop()  # no newline yet: maybe still being written
+        for raw in lines:
+            line += 1
+            offset += len(raw) + 1
+            if not raw.strip():
+                continue
+            parsed = parse_line(raw, line)
+            (rows if isinstance(parsed, Row) else rejections).append(parsed)  # type: ignore[arg-type]
+            if len(rows) + len(rejections) >= batch_size:
+                yield Batch(rows, rejections, Position(start.inode, offset, line))
+                rows, rejections = [], []
+    if rows or rejections or offset != start.offset:
+        yield Batch(rows, rejections, Position(start.inode, offset, line))
+
+
+class TailProducer:
+    def __init__(
+        self,
+        ledger: Path,
+        send: Callable[[Sequence[Row]], None],
+        reject: Callable[[Sequence[Rejection]], None],
+        batch_size: int = 500,
+        checkpoint: Path | None = None,
+    ) -> None:
+        self.ledger = Path(ledger)
+        self.send = send
+        self.reject = reject
+        self.batch_size = batch_size
+        self.checkpoint = checkpoint or self.ledger.with_name(self.ledger.name + ".checkpoint")
+        self.position = Position.load(self.checkpoint)
+        self.file: BinaryIO | None = None
+        self.stop = threading.Event()
+        self.sent = 0
+
+    def run(self) -> None:
+        backoff = 0.05
+        try:
+            while not self.stop.is_set():
+                try:
+                    moved = self.step()
+                    backoff = 0.05
+                except Exception as exc:  # Redis or broker down, file unreadable: wait
+                    log.warning("tail of %s paused (%s); retry in %.1fs", self.ledger, exc, backoff)
+                    self.stop.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                if not moved:
+                    self.stop.wait(IDLE_POLL)
+        finally:
+            if self.file:
+                self.file.close()
+
+    def step(self) -> bool:
+        """Read and send whatever is new. True if anything was read."""
+        if self.file is None and not self._open():
+            return False
+        assert self.file is not None
+        if os.fstat(self.file.fileno()).st_size < self.position.offset:
+            log.warning("%s was truncated; reading it again from the top", self.ledger)
+            self._move(Position(self.position.inode))
+        moved = False
+        for batch in read_batches(self.file, self.position, self.batch_size):
+            self.send(batch.rows)
+            self.reject(batch.rejections)
+            self._move(batch.end)
+            self.sent += len(batch.rows)
+            moved = True
+        if not moved and self._rotated():
+            # Everything complete in the old file was read above; go on with the new one.
+            log.info("%s was rotated; following the new file", self.ledger)
+            self.file.close()
+            self.file = None
+            self._move(Position())
+            return True
+        return moved
+
+    def _open(self) -> bool:
+        try:
+            self.file = self.ledger.open("rb")
+        except FileNotFoundError:
+            return False
+        inode = os.fstat(self.file.fileno()).st_ino
+        if self.position.inode != inode:
+            if self.position.inode:
+                log.warning("%s is a new file since the checkpoint; reading from the top",
+                            self.ledger)
+            self._move(Position(inode))
+        return True
+
+    def _rotated(self) -> bool:
+        assert self.file is not None
+        try:
+            return os.stat(self.ledger).st_ino != os.fstat(self.file.fileno()).st_ino
+        except FileNotFoundError:
+            return False  # moved away, new one not created yet
+
+    def _move(self, position: Position) -> None:
+        self.position = position
+        position.save(self.checkpoint)

@@ -1,0 +1,104 @@
+"""Shared fixtures: a private Redis server and real Celery worker processes.
+
+Tests never touch the machine's shared Redis: each session starts its own redis-server on a
+free port, and every test starts from an empty database.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from thronos_analytics.stack import RedisServer, free_port, worker_command
+from workers.queues import SCORING, TRAINING
+
+ROOT = Path(__file__).resolve().parents[1]
+# The Celery app reads REDIS_URL when first imported, so the test Redis's address is fixed
+# before any test imports it.
+REDIS_PORT = free_port()
+os.environ["REDIS_URL"] = f"redis://127.0.0.1:{REDIS_PORT}/0"
+os.environ.pop("CELERY_BROKER_URL", None)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"), port=REDIS_PORT).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def env(redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Environment pointing this process and its children at the test Redis and a tmp dir."""
+    values = {
+        "REDIS_URL": redis_server.url,
+        "THRONOS_DATA_DIR": str(tmp_path / "data"),
+        "THRONOS_LEDGER": str(tmp_path / "data" / "ai_ledger.jsonl"),
+    }
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    return {**os.environ, **values}
+
+
+@pytest.fixture
+def r(env: dict, redis_server: RedisServer) -> redis.Redis:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    return client
+
+
+class Workers:
+    """Real Celery worker processes, started with the test's environment."""
+
+    def __init__(self, env: dict) -> None:
+        self.env = env
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, queues: str = SCORING, concurrency: int = 1,
+              extra_env: dict | None = None) -> subprocess.Popen:
+        process = subprocess.Popen(
+            worker_command(name, queues, concurrency, "WARNING"),
+            cwd=ROOT, env={**self.env, **(extra_env or {})}, start_new_session=True,
+        )
+        self.processes[name] = process
+        return process
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until every started worker answers a ping."""
+        from workers.celery_app import app
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            replies = app.control.ping(timeout=0.5) or []
+            names = {name.split("@")[0] for reply in replies for name in reply}
+            if set(self.processes) <= names:
+                return
+        raise TimeoutError(f"workers not ready: {sorted(self.processes)}")
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def workers(env: dict, r: redis.Redis) -> Iterator[Workers]:
+    pool = Workers(env)
+    yield pool
+    pool.stop()
+
+
+__all__ = ["SCORING", "TRAINING", "Workers"]

@@ -1,0 +1,66 @@
+"""The Redis key space. Every key the project reads or writes is named here and nowhere else.
+
+Exactly-once bookkeeping rests on two sets: an interaction is *seen* once its id is in
+``SEEN`` (aggregates counted, training window appended) and *scored* once its flag is in
+``FLAGS``. Both are written with set-if-absent inside one Lua script, so a redelivered
+batch changes nothing.
+"""
+
+from __future__ import annotations
+
+P = "thronos:"
+
+SEEN = P + "seen"  # SET of interaction ids ingested
+FLAGS = P + "flags"  # HASH id -> flag JSON (readable by id)
+FLAG_STREAM = P + "flags:stream"  # STREAM of flag JSON, capped, for `flags --follow`
+ANOMALIES = P + "anomalies"  # STREAM of flagged rows with context, capped, for the export
+WINDOW = P + "window"  # STREAM of compact rows: the rolling training window
+PENDING = P + "pending"  # LIST of wire rows waiting for the first anomaly model
+REJECTED = P + "rejected"  # HASH rejection key -> JSON (count = HLEN, idempotent)
+REJECTED_STREAM = P + "rejected:stream"  # STREAM of rejections, capped
+STATS = P + "stats"  # HASH of counters: anomalies, ...
+ANOMALIES_BY_PROVIDER = P + "stats:anomalies_by_provider"  # HASH provider -> count
+WARNINGS = P + "warnings"  # HASH warning key -> JSON, so each is reported once
+EXPORT = P + "export"  # HASH: last export's path, time and duration
+BEAT_LOCK = P + "lock:beat"
+AUTOTRAIN_LOCK = P + "lock:autotrain"
+
+FLAG_STREAM_MAXLEN = 100_000
+ANOMALIES_MAXLEN = 10_000
+REJECTED_STREAM_MAXLEN = 10_000
+
+# Per-session and per-wallet aggregates live in one hash per measure, keyed by the
+# session id or wallet, so training reads each measure with a single HGETALL.
+AGG_MEASURES = ("calls", "score_sum", "score_n", "credits", "mix")
+AGG_SCOPES = ("session", "wallet")
+SESSION_WALLET = P + "agg:session:wallet"  # HASH session -> wallet
+WALLET_SESSIONS = P + "agg:wallet:sessions"  # HASH wallet -> number of sessions
+WALLET_SESSION_SEEN = P + "agg:wallet:session_seen"  # HASH "wallet\tsession" -> 1
+
+MODEL_NAMES = ("anomaly", "profiles", "recommender", "quality")
+
+
+def agg(scope: str, measure: str) -> str:
+    """``mix`` is keyed by ``"<id>\\t<provider>"``; the other measures by the id alone."""
+    assert scope in AGG_SCOPES and measure in AGG_MEASURES, (scope, measure)
+    return f"{P}agg:{scope}:{measure}"
+
+
+def model_current(name: str) -> str:
+    return f"{P}model:{name}:current"  # STRING: the published version
+
+
+def model_blob(name: str, version: str) -> str:
+    return f"{P}model:{name}:{version}"  # STRING: the artifact bytes (npz or JSON)
+
+
+def model_versions(name: str) -> str:
+    return f"{P}model:{name}:versions"  # HASH version -> JSON {trained_at, n_samples, ...}
+
+
+def model_failure(name: str) -> str:
+    return f"{P}model:{name}:failure"  # STRING JSON: the last failed retrain, if any
+
+
+def lock(name: str) -> str:
+    return f"{P}lock:{name}"

@@ -1,0 +1,1 @@
+"""Celery workers: score batches of rows, retrain models, write the analytics export."""

@@ -1,0 +1,31 @@
+"""The Celery app: configuration and task discovery, nothing else."""
+
+from celery import Celery
+
+from thronos_analytics.settings import settings
+from workers.queues import QUEUES, ROUTES
+from workers.schedule import beat_schedule
+
+config = settings()
+app = Celery("thronos", include=["workers.tasks"])
+app.conf.update(
+    broker_url=config.broker_url,
+    result_backend=config.redis_url,  # chords need one; results are kept an hour
+    result_expires=3600,
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    task_ignore_result=True,
+    task_queues=QUEUES,
+    task_default_queue=QUEUES[0].name,
+    task_routes=ROUTES,
+    beat_schedule=beat_schedule(),
+    beat_scheduler="workers.beat:LockedScheduler",
+    worker_prefetch_multiplier=1,
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    broker_connection_retry_on_startup=True,
+    # An unacknowledged message (a worker died mid-batch) is redelivered after this long.
+    broker_transport_options={"visibility_timeout": 300},
+    worker_hijack_root_logger=False,
+)

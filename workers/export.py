@@ -1,0 +1,102 @@
+"""The final aggregation: gather the current models and counts into ``ai_analytics.json``.
+
+The file is written to a temporary file in the same directory, flushed to disk and renamed
+over the old one, so a reader sees the old export or the new one, never half of either.
+Its contract is ``workers/ai_analytics.schema.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from analytics.recommend import rank, suggestions
+from thronos_analytics import keys, store
+
+SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).with_name("ai_analytics.schema.json")
+TOP = 3
+
+
+def build_analytics(r: store.Redis) -> dict[str, Any]:
+    models = {name: store.model_info(r, name) for name in keys.MODEL_NAMES}
+    profiles = _model_json(r, "profiles") or {"wallets": {}, "sessions": {}, "clusters": []}
+    recommender = _model_json(r, "recommender") or {"use_cases": {}, "wallets": {}}
+    quality = _model_json(r, "quality") or {"warnings": []}
+    counts = store.counts(r)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "generated_at": time.time(),
+        "models": {
+            name: {
+                "version": info["version"],
+                "trained_at": info["trained_at"],
+                "n_samples": info["n_samples"],
+            }
+            for name, info in models.items()
+            if info
+        },
+        "stats": {k: v for k, v in counts.items() if k != "pending"},
+        "profiles": {
+            "wallets": profiles["wallets"],
+            "sessions": profiles["sessions"],
+            "clusters": profiles["clusters"],
+        },
+        "anomalies": [
+            orjson.loads(fields[b"a"]) for _, fields in r.xrange(keys.ANOMALIES)
+        ],
+        "recommendations": {
+            "global": {
+                use_case: rank(recommender, use_case, top=TOP)
+                for use_case in sorted(recommender["use_cases"])
+            },
+            "wallets": {
+                wallet: {
+                    use_case: rank(recommender, use_case, wallet, top=TOP)
+                    for use_case in sorted(use_cases)
+                }
+                for wallet, use_cases in recommender["wallets"].items()
+            },
+            "model": recommender,
+        },
+        "warnings": quality["warnings"],
+        "suggestions": suggestions(recommender) if recommender["wallets"] else {},
+    }
+
+
+def write_analytics(r: store.Redis, path: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    document = build_analytics(r)
+    write_atomically(path, orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY))
+    summary = {
+        "path": str(path),
+        "generated_at": document["generated_at"],
+        "duration_s": round(time.perf_counter() - started, 3),
+        **document["stats"],
+    }
+    r.hset(keys.EXPORT, mapping={k: str(v) for k, v in summary.items()})
+    return summary
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _model_json(r: store.Redis, name: str) -> Any:
+    current = store.current_model(r, name)
+    return orjson.loads(current[1]) if current else None

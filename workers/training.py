@@ -1,0 +1,172 @@
+"""Retraining: read the shared state from Redis, fit a model from ``analytics``, publish it.
+
+Each retrain holds a lock named after its model, so two retrains of one model never
+overlap, and records a failure without touching the current version, so workers keep
+scoring with the last good model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from analytics.anomaly import AnomalyDetector
+from analytics.contract import Row
+from analytics.profiles import fit_profiles
+from analytics.quality import detect_drops
+from analytics.recommend import fit_recommender
+from thronos_analytics import keys, store
+from thronos_analytics.settings import settings
+
+log = logging.getLogger(__name__)
+LOCK_TTL = 900
+PENDING_CHUNK = 500
+
+
+class Skipped(Exception):
+    """Nothing to do this time (another retrain runs, or too little data yet)."""
+
+
+@contextmanager
+def exclusive(r: store.Redis, name: str) -> Iterator[None]:
+    token = str(time.time_ns())
+    if not r.set(keys.lock(name), token, nx=True, ex=LOCK_TTL):
+        raise Skipped(f"a retrain of {name} is already running")
+    try:
+        yield
+    finally:
+        # Release only our own lock: compare-and-delete in one step.
+        r.eval(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end",
+            1,
+            keys.lock(name),
+            token,
+        )
+
+
+def retrain(r: store.Redis, name: str, fit: Callable[[], tuple[bytes, dict]]) -> dict[str, Any]:
+    """Run ``fit`` under the model's lock, publish what it returns, record any failure."""
+    started = time.perf_counter()
+    try:
+        with exclusive(r, name):
+            blob, info = fit()
+            info = {
+                **info,
+                "trained_at": time.time(),
+                "duration_s": round(time.perf_counter() - started, 3),
+            }
+            info["version"] = store.publish_model(r, name, blob, info)
+    except Skipped as exc:
+        return {"model": name, "skipped": str(exc)}
+    except Exception as exc:
+        log.exception("retrain of %s failed; the current model stays", name)
+        failure = {"model": name, "error": f"{type(exc).__name__}: {exc}", "at": time.time()}
+        r.set(keys.model_failure(name), orjson.dumps(failure))
+        return failure
+    log.info("published %s model %s", name, info["version"], extra={"model_version": info["version"]})
+    return {"model": name, **info}
+
+
+def fit_anomaly(r: store.Redis, force: bool = False) -> tuple[bytes, dict]:
+    config = settings()
+    rows = store.window_rows(r, config.window_rows)
+    if len(rows) < (2 if force else config.min_train_rows):
+        raise Skipped(f"{len(rows)} rows in the window, {config.min_train_rows} needed")
+    detector = AnomalyDetector(contamination=config.contamination).fit(rows)
+    _check_anomaly_model(detector, rows)
+    return detector.to_bytes(), {"n_samples": len(rows), "providers": detector.norms_.providers}
+
+
+def _check_anomaly_model(detector: AnomalyDetector, rows: list[Row]) -> None:
+    """Refuse a model that would flag far more or fewer rows than asked for."""
+    sample = rows[-2000:]
+    flagged = np.mean([f["is_anomaly"] for f in detector.flag(sample)])
+    if not np.isfinite(detector.threshold_) or flagged > 10 * detector.contamination + 0.01:
+        raise ValueError(f"model flags {flagged:.1%} of its own window; refusing it")
+
+
+def drain_pending(r: store.Redis, send: Callable[[list[dict]], None]) -> int:
+    """Send the rows that waited for the first model to scoring, oldest first.
+
+    A chunk is sent before it is trimmed: a crash in between sends it twice, which
+    scoring ignores, rather than never.
+    """
+    sent = 0
+    while chunk := r.lrange(keys.PENDING, 0, PENDING_CHUNK - 1):
+        send([orjson.loads(item) for item in chunk])
+        r.ltrim(keys.PENDING, len(chunk), -1)
+        sent += len(chunk)
+    return sent
+
+
+def fit_profiles_model(r: store.Redis) -> tuple[bytes, dict]:
+    sessions = _aggregates(r, "session")
+    wallets = _aggregates(r, "wallet")
+    if len(sessions) < 3:
+        raise Skipped(f"{len(sessions)} sessions, 3 needed to cluster")
+    wallets["sessions"] = pd.Series(
+        {k.decode(): int(v) for k, v in r.hgetall(keys.WALLET_SESSIONS).items()}
+    ).reindex(wallets.index).fillna(0)
+    previous = store.current_model(r, "profiles")
+    profiles = fit_profiles(sessions, wallets, orjson.loads(previous[1]) if previous else None)
+    info = {"n_samples": len(sessions), "k": profiles["k"], "wallets": len(wallets)}
+    return orjson.dumps(profiles), info
+
+
+def _aggregates(r: store.Redis, scope: str) -> pd.DataFrame:
+    pipe = r.pipeline(transaction=False)
+    for measure in keys.AGG_MEASURES:
+        pipe.hgetall(keys.agg(scope, measure))
+    values = dict(zip(keys.AGG_MEASURES, pipe.execute(), strict=True))
+    frame = pd.DataFrame(
+        {
+            m: pd.Series({k.decode(): float(v) for k, v in values[m].items()}, dtype=float)
+            for m in keys.AGG_MEASURES
+            if m != "mix"
+        }
+    ).fillna(0.0)
+    mix = pd.Series({tuple(k.decode().split("\t", 1)): float(v) for k, v in values["mix"].items()})
+    if len(mix):
+        wide = mix.unstack(fill_value=0.0).add_prefix("mix_")
+        frame = frame.join(wide, how="left").fillna(0.0)
+    return frame
+
+
+def window_frame(r: store.Redis) -> pd.DataFrame:
+    rows = store.window_rows(r, settings().window_rows)
+    columns = ["ts", "provider", "use_case", "wallet", "score", "latency_ms", "credits_used"]
+    return pd.DataFrame([[getattr(row, c) for c in columns] for row in rows], columns=columns)
+
+
+def fit_recommender_model(r: store.Redis) -> tuple[bytes, dict]:
+    frame = window_frame(r)
+    if frame["use_case"].notna().sum() < 10:
+        raise Skipped("fewer than 10 rows with a use case")
+    model = fit_recommender(frame)
+    return orjson.dumps(model), {"n_samples": len(frame), "use_cases": len(model["use_cases"])}
+
+
+def fit_quality_model(r: store.Redis) -> tuple[bytes, dict]:
+    """Current warnings; each keeps the time it was first reported, so it is announced once."""
+    frame = window_frame(r)
+    warnings = detect_drops(frame) if len(frame) else []
+    first_seen = {k.decode(): orjson.loads(v) for k, v in r.hgetall(keys.WARNINGS).items()}
+    now = time.time()
+    for warning in warnings:
+        known = first_seen.get(warning["key"])
+        warning["first_reported_at"] = known["first_reported_at"] if known else now
+        if not known:
+            log.warning(warning["message"])
+            r.hset(keys.WARNINGS, warning["key"], orjson.dumps(warning))
+    # A warning that cleared is forgotten, so a later drop is announced again.
+    cleared = set(first_seen) - {w["key"] for w in warnings}
+    if cleared:
+        r.hdel(keys.WARNINGS, *cleared)
+    return orjson.dumps({"warnings": warnings}), {"n_samples": len(frame), "active": len(warnings)}
