@@ -8,7 +8,8 @@ Two dialects are accepted. The spec's row::
 and the one existing Thronos servers write, which says ``timestamp`` (epoch seconds),
 ``metadata``, ``model_id``, a top-level ``latency_ms`` or ``duration`` (seconds),
 ``success``/``error``, and may carry a user rating in ``metadata.rating`` or
-``metadata.user_rating`` instead of ``score``.
+``metadata.user_rating`` (1 to 5 stars, read as score ``(stars - 1) / 4``) instead of
+``score``.
 
 A row's id is its ``id`` (or ``interaction_id``). Without one, the id is
 ``"h" + sha256(canonical JSON of the row)[:32]``, where the canonical JSON has sorted
@@ -191,22 +192,27 @@ def _timestamp(obj: dict[str, Any]) -> float:
     if value is None:
         raise RowError("no ts or timestamp")
     if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            try:
-                parsed = datetime.fromisoformat(value.strip())
-            except ValueError:
-                raise RowError(f"{key} {value[:40]!r} is neither ISO 8601 nor epoch") from None
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=UTC)
-            value = parsed.timestamp()
+        value = _parse_time_text(key, value)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise RowError(f"{key} is not a finite number or ISO 8601 string")
     ts = float(value) / 1000.0 if abs(value) > MS_CUTOFF else float(value)
     if not MIN_TS <= ts < MAX_TS:
         raise RowError(f"{key} {value} is outside 2000..2100")
     return ts
+
+
+def _parse_time_text(key: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise RowError(f"{key} {text[:40]!r} is neither ISO 8601 nor epoch") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
 
 
 def _number(obj: dict[str, Any], key: str, prefix: str = "") -> float | None:
@@ -232,10 +238,10 @@ def _rating(meta: dict[str, Any]) -> float | None:
     rating = _first_number(meta, ("rating", "user_rating"), "meta.")
     if rating is None:
         return None
-    if rating < 0 or rating > 5:
-        raise RowError(f"meta rating {rating} is outside 0..5")
-    # Ratings above 1 are stars (1..5); map them onto the score's 0..1 scale.
-    return (rating - 1.0) / 4.0 if rating > 1 else rating
+    if not 1 <= rating <= 5:
+        raise RowError(f"meta rating {rating} is outside 1..5 stars")
+    # One star is the worst score, five the best.
+    return (rating - 1.0) / 4.0
 
 
 def _latency_ms(obj: dict[str, Any], meta: dict[str, Any]) -> float | None:

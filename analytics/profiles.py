@@ -26,7 +26,7 @@ def session_features(sessions: pd.DataFrame, providers: list[str]) -> pd.DataFra
     """Model input from a frame with calls, score_sum, score_n, credits and mix_<provider>."""
     calls = sessions["calls"].clip(lower=1)
     avg_score = (sessions["score_sum"] / sessions["score_n"].replace(0, np.nan)).fillna(
-        (sessions["score_sum"].sum() / max(sessions["score_n"].sum(), 1))
+        sessions["score_sum"].sum() / max(sessions["score_n"].sum(), 1)
     )
     features = pd.DataFrame(
         {
@@ -50,9 +50,7 @@ def fit_profiles(
     random_state: int = 0,
 ) -> dict[str, Any]:
     """Cluster sessions; label them and the wallets. Returns the JSON-ready profiles."""
-    providers = sorted(
-        c.removeprefix("mix_") for c in sessions.columns if c.startswith("mix_")
-    )
+    providers = sorted(c.removeprefix("mix_") for c in sessions.columns if c.startswith("mix_"))
     X_frame = session_features(sessions, providers)
     scaler = StandardScaler().fit(X_frame.to_numpy())
     X = scaler.transform(X_frame.to_numpy())
@@ -61,7 +59,7 @@ def fit_profiles(
     order = _match(centroids, X_frame.columns, previous)
     labels = order[model.labels_]
 
-    clusters = []
+    clusters: list[dict[str, Any]] = []
     names: dict[int, str] = {}
     for old, cluster in enumerate(order):
         centroid = dict(zip(X_frame.columns, centroids[old].round(4).tolist(), strict=True))
@@ -154,14 +152,18 @@ def _persona(
     credits = float(np.expm1(centroid["log_credits"]))
     quantiles = features["log_calls"].quantile([1 / 3, 2 / 3]).to_numpy()
     activity = (
-        "Power user" if centroid["log_calls"] > quantiles[1]
-        else "Casual" if centroid["log_calls"] < quantiles[0]
+        "Power user"
+        if centroid["log_calls"] > quantiles[1]
+        else "Casual"
+        if centroid["log_calls"] < quantiles[0]
         else "Regular"
     )
     mix = {p: centroid.get(f"mix_{p}", 0.0) for p in providers}
     top = max(mix, key=lambda p: mix[p]) if mix else "no provider"
     share = mix.get(top, 0.0)
-    provider = f"mostly {top} ({share:.0%})" if share >= 0.5 else f"mixed, led by {top} ({share:.0%})"
+    provider = (
+        f"mostly {top} ({share:.0%})" if share >= 0.5 else f"mixed, led by {top} ({share:.0%})"
+    )
     description = (
         f"{activity}: {calls:.0f} calls, {credits:.3g} credits, "
         f"score {centroid['avg_score']:.2f} per session, {provider}"

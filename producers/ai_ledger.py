@@ -124,15 +124,29 @@ def record_interaction(
     written; never for Redis being unavailable.
     """
     return default_recorder().record(
-        provider=provider, model=model, prompt=prompt, output=output, prompt_hash=prompt_hash,
-        output_hash=output_hash, session_id=session_id, wallet=wallet,
-        credits_used=credits_used, score=score, meta=meta, ts=ts, id=id,
+        provider=provider,
+        model=model,
+        prompt=prompt,
+        output=output,
+        prompt_hash=prompt_hash,
+        output_hash=output_hash,
+        session_id=session_id,
+        wallet=wallet,
+        credits_used=credits_used,
+        score=score,
+        meta=meta,
+        ts=ts,
+        id=id,
     )
 
 
 def _build_row(
-    *, prompt: str | None = None, output: str | None = None,
-    meta: dict[str, Any] | None = None, ts: float | None = None, id: str | None = None,
+    *,
+    prompt: str | None = None,
+    output: str | None = None,
+    meta: dict[str, Any] | None = None,
+    ts: float | None = None,
+    id: str | None = None,
     **fields: Any,
 ) -> dict[str, Any]:
     meta = dict(meta or {})

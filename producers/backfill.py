@@ -36,8 +36,12 @@ def backfill(
     with (
         Path(path).open("rb") as f,
         Progress(
-            "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-            TimeRemainingColumn(), disable=not sys.stderr.isatty(), transient=True,
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TimeRemainingColumn(),
+            disable=not sys.stderr.isatty(),
+            transient=True,
         ) as progress,
     ):
         task = progress.add_task(f"replaying {path}", total=Path(path).stat().st_size)

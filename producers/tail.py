@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -146,8 +145,9 @@ class TailProducer:
         inode = os.fstat(self.file.fileno()).st_ino
         if self.position.inode != inode:
             if self.position.inode:
-                log.warning("%s is a new file since the checkpoint; reading from the top",
-                            self.ledger)
+                log.warning(
+                    "%s is a new file since the checkpoint; reading from the top", self.ledger
+                )
             self._move(Position(inode))
         return True
 

@@ -61,11 +61,14 @@ class Workers:
         self.env = env
         self.processes: dict[str, subprocess.Popen] = {}
 
-    def start(self, name: str, queues: str = SCORING, concurrency: int = 1,
-              extra_env: dict | None = None) -> subprocess.Popen:
+    def start(
+        self, name: str, queues: str = SCORING, concurrency: int = 1, extra_env: dict | None = None
+    ) -> subprocess.Popen:
         process = subprocess.Popen(
             worker_command(name, queues, concurrency, "WARNING"),
-            cwd=ROOT, env={**self.env, **(extra_env or {})}, start_new_session=True,
+            cwd=ROOT,
+            env={**self.env, **(extra_env or {})},
+            start_new_session=True,
         )
         self.processes[name] = process
         return process

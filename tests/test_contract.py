@@ -41,9 +41,20 @@ def line(obj: object) -> bytes:
 def test_spec_row_is_normalised():
     row = parse_line(line(SPEC_ROW), 1)
     assert row == Row(
-        id="abc", ts=1772366400.0, provider="claude", model="claude-sonnet", session_id="s1",
-        wallet="w1", credits_used=2.5, score=0.9, latency_ms=1800.0, output_len=1200.0,
-        use_case="coding", success=True, prompt_hash="p" * 64, output_hash="o" * 64,
+        id="abc",
+        ts=1772366400.0,
+        provider="claude",
+        model="claude-sonnet",
+        session_id="s1",
+        wallet="w1",
+        credits_used=2.5,
+        score=0.9,
+        latency_ms=1800.0,
+        output_len=1200.0,
+        use_case="coding",
+        success=True,
+        prompt_hash="p" * 64,
+        output_hash="o" * 64,
     )
 
 
@@ -98,7 +109,7 @@ def test_timestamps_in_every_accepted_form(ts, expected):
         (line({**SPEC_ROW, "score": "high"}), "score is a str"),
         (line({**SPEC_ROW, "score": True}), "score is a bool"),
         (line(SPEC_ROW).replace(b'"score":0.9', b'"score":NaN'), "not valid JSON"),
-        (line(SPEC_ROW).replace(b"\"score\":0.9", b"\"score\":1e400"), "infinity"),
+        (line(SPEC_ROW).replace(b'"score":0.9', b'"score":1e400'), "infinity"),
         (line({**SPEC_ROW, "credits_used": -1}), "credits_used is negative"),
         (line({**SPEC_ROW, "meta": {"x": "a" * MAX_META_BYTES}}), "meta is"),
         (line({**SPEC_ROW, "meta": [1]}), "meta is a list"),
@@ -133,11 +144,22 @@ def test_derived_id_is_deterministic_and_content_based():
 JSON_SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
 JSON_VALUES = st.recursive(
     JSON_SCALARS,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=20,
 )
-FIELDS = [*SPEC_ROW, "timestamp", "metadata", "latency_ms", "duration", "model_id",
-          "success", "error", "interaction_id"]
+FIELDS = [
+    *SPEC_ROW,
+    "timestamp",
+    "metadata",
+    "latency_ms",
+    "duration",
+    "model_id",
+    "success",
+    "error",
+    "interaction_id",
+]
 
 
 @settings(max_examples=400, deadline=None)

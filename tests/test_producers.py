@@ -28,8 +28,14 @@ def queued_ids(r) -> list[str]:
 def test_record_interaction_hashes_text_and_is_on_disk_before_returning(r, env, tmp_path):
     recorder = Recorder(tmp_path / "ledger.jsonl", linger_ms=0)
     row = recorder.record(
-        provider="claude", model="claude-sonnet", prompt="SECRET PROMPT", output="SECRET OUTPUT!",
-        session_id="s1", wallet="w1", credits_used=1.5, score=0.9,
+        provider="claude",
+        model="claude-sonnet",
+        prompt="SECRET PROMPT",
+        output="SECRET OUTPUT!",
+        session_id="s1",
+        wallet="w1",
+        credits_used=1.5,
+        score=0.9,
         meta={"use_case": "coding", "latency_ms": 900},
     )
     written = (tmp_path / "ledger.jsonl").read_bytes()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -37,7 +38,9 @@ def _print_json(value: Any) -> None:
 def run(
     ledger: LedgerOpt = None,
     workers: Annotated[int, typer.Option(min=1, help="scoring worker processes")] = 2,
-    flower: Annotated[bool, typer.Option(help="also start Flower (auth: FLOWER_BASIC_AUTH)")] = False,
+    flower: Annotated[
+        bool, typer.Option(help="also start Flower (auth: FLOWER_BASIC_AUTH)")
+    ] = False,
     flower_port: Annotated[int, typer.Option(help="Flower's port")] = 5555,
     flower_no_auth: Annotated[bool, typer.Option(help="allow Flower without auth")] = False,
     drain: Annotated[bool, typer.Option(help="process the ledger, export, and exit")] = False,
@@ -52,8 +55,9 @@ def run(
         raise typer.BadParameter("set FLOWER_BASIC_AUTH=user:password, or pass --flower-no-auth")
     if demo and (not config.ledger.exists() or config.ledger.stat().st_size == 0):
         _seed_demo(config.ledger)
-    stack = Stack(config, workers=workers, beat=not drain,
-                  flower_port=flower_port if flower else None)
+    stack = Stack(
+        config, workers=workers, beat=not drain, flower_port=flower_port if flower else None
+    )
     if drain:
         # Train on the whole ledger before scoring it, instead of on its first rows.
         stack.env["THRONOS_MIN_TRAIN_ROWS"] = str(10**12)
@@ -144,8 +148,14 @@ def backfill(path: Annotated[Path, typer.Argument(help="ledger file to replay")]
         path.with_name(path.stem + ".rejected.jsonl"), path.name, store.connect()
     )
     replay = replay_file(path, send_batch, dead_letter.record)
-    _print_json({"lines": replay.lines, "rows": replay.rows, "rejected": replay.rejected,
-                 "batch_size": config.batch_size})
+    _print_json(
+        {
+            "lines": replay.lines,
+            "rows": replay.rows,
+            "rejected": replay.rejected,
+            "batch_size": config.batch_size,
+        }
+    )
 
 
 @app.command()
@@ -160,10 +170,8 @@ def tail(ledger: LedgerOpt = None) -> None:
     config = settings()
     dead_letter = DeadLetter(config.rejected_file, config.ledger.name, store.connect())
     producer = TailProducer(config.ledger, send_batch, dead_letter.record, config.batch_size)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         producer.run()
-    except KeyboardInterrupt:
-        pass
 
 
 @app.command()
@@ -182,7 +190,9 @@ def recommend(
     try:
         model = orjson.loads(path.read_bytes())["recommendations"]["model"]
     except FileNotFoundError:
-        raise typer.BadParameter(f"{path} does not exist yet; run `thronos-analytics run`") from None
+        raise typer.BadParameter(
+            f"{path} does not exist yet; run `thronos-analytics run`"
+        ) from None
     ranked = rank(model, use_case, wallet, max_latency_ms, max_credits, top)
     if as_json:
         _print_json(ranked)
@@ -196,7 +206,9 @@ def recommend(
 
 
 @app.command()
-def status(as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts")] = False) -> None:
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts")] = False,
+) -> None:
     """Rows seen, scored and rejected, queue depth, models and their ages, last export."""
     from thronos_analytics import store
     from workers.queues import QUEUES
@@ -219,14 +231,23 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="JSON for script
     if as_json:
         _print_json(report)
         return
-    for key in ("interactions_seen", "interactions_scored", "interactions_rejected",
-                "anomalies", "pending"):
+    for key in (
+        "interactions_seen",
+        "interactions_scored",
+        "interactions_rejected",
+        "anomalies",
+        "pending",
+    ):
         print(f"{key.replace('_', ' '):<24}{report[key]:>12,}")
     for queue, depth in report["queues"].items():
         print(f"queue {queue:<18}{depth:>12,}")
     for name, model in report["models"].items():
         age = "never trained" if model["age_s"] is None else f"{model['age_s']:.0f}s old"
-        failed = "  LAST RETRAIN FAILED: " + model["last_failure"]["error"] if model["last_failure"] else ""
+        failed = (
+            "  LAST RETRAIN FAILED: " + model["last_failure"]["error"]
+            if model["last_failure"]
+            else ""
+        )
         print(f"model {name:<18}{age:>12}  {model['version'] or ''}{failed}")
     export = report["last_export"]
     print(f"last export             {export.get('path', 'none')}")
@@ -248,8 +269,9 @@ def flags(
     sys.stdout.flush()
     while follow:
         for _, entries in r.xread({keys.FLAG_STREAM: cursor}, block=1000, count=1000) or []:
-            for cursor, fields in entries:
+            for entry_id, fields in entries:
                 sys.stdout.buffer.write(fields[b"f"] + b"\n")
+                cursor = entry_id
             sys.stdout.flush()
 
 
@@ -288,6 +310,21 @@ def flower(
         raise typer.BadParameter("set FLOWER_BASIC_AUTH=user:password, or pass --no-auth")
     command = celery_command("flower", f"--port={port}")
     os.execv(command[0], command)
+
+
+@app.command()
+def metrics(port: Annotated[int, typer.Option()] = 9108) -> None:
+    """Serve Prometheus metrics on :PORT/metrics, read from Redis at each scrape."""
+    from prometheus_client import REGISTRY, start_http_server
+
+    from thronos_analytics import store
+    from thronos_analytics.metrics import RedisCollector
+
+    REGISTRY.register(RedisCollector(store.connect()))
+    start_http_server(port)
+    console.print(f"metrics on http://0.0.0.0:{port}/metrics")
+    with contextlib.suppress(KeyboardInterrupt):
+        threading.Event().wait()
 
 
 def main() -> None:

@@ -28,9 +28,11 @@ def wait_until_all(
         else:
             present = [v is not None for v in r.hmget(keys.FLAGS, chunk)]
         if all(present):
-            missing = missing[len(chunk):]
+            missing = missing[len(chunk) :]
             continue
-        missing = [i for i, ok in zip(chunk, present, strict=True) if not ok] + missing[len(chunk):]
+        missing = [i for i, ok in zip(chunk, present, strict=True) if not ok] + missing[
+            len(chunk) :
+        ]
         if time.monotonic() > deadline:
             raise TimeoutError(f"{len(missing)} rows still not in {where} after {timeout:.0f}s")
         time.sleep(poll)

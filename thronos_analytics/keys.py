@@ -20,6 +20,8 @@ REJECTED = P + "rejected"  # HASH rejection key -> JSON (count = HLEN, idempoten
 REJECTED_STREAM = P + "rejected:stream"  # STREAM of rejections, capped
 STATS = P + "stats"  # HASH of counters: anomalies, ...
 ANOMALIES_BY_PROVIDER = P + "stats:anomalies_by_provider"  # HASH provider -> count
+LAG_HISTOGRAM = P + "stats:lag"  # HASH bucket bound -> count, and "sum"
+WORKER_ROWS = P + "stats:worker_rows"  # HASH worker hostname -> rows handled (deliveries)
 WARNINGS = P + "warnings"  # HASH warning key -> JSON, so each is reported once
 EXPORT = P + "export"  # HASH: last export's path, time and duration
 BEAT_LOCK = P + "lock:beat"

@@ -61,13 +61,20 @@ class RedisServer:
         self.process = subprocess.Popen(
             [
                 redis_server_binary(),
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--dir", str(self.directory.resolve()),
-                "--appendonly", "yes" if self.appendonly else "no",
-                "--save", "",
-                "--maxmemory-policy", "noeviction",
-                "--logfile", "redis.log",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory.resolve()),
+                "--appendonly",
+                "yes" if self.appendonly else "no",
+                "--save",
+                "",
+                "--maxmemory-policy",
+                "noeviction",
+                "--logfile",
+                "redis.log",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -105,10 +112,21 @@ def celery_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "workers.celery_app", *args]
 
 
-def worker_command(name: str, queues: str, concurrency: int = 1, loglevel: str = "WARNING") -> list[str]:
+def worker_command(
+    name: str, queues: str, concurrency: int = 1, loglevel: str = "WARNING"
+) -> list[str]:
     return celery_command(
-        "worker", "-Q", queues, "-c", str(concurrency), "-n", f"{name}@%h",
-        "--without-mingle", "--without-gossip", "-l", loglevel,
+        "worker",
+        "-Q",
+        queues,
+        "-c",
+        str(concurrency),
+        "-n",
+        f"{name}@%h",
+        "--without-mingle",
+        "--without-gossip",
+        "-l",
+        loglevel,
     )
 
 
@@ -116,8 +134,14 @@ class Stack:
     """Redis (unless ``REDIS_URL`` is set), ``workers`` scoring workers, one training worker,
     and optionally beat and Flower, stopped together on exit."""
 
-    def __init__(self, config: Settings, workers: int = 2, beat: bool = False,
-                 flower_port: int | None = None, loglevel: str = "WARNING") -> None:
+    def __init__(
+        self,
+        config: Settings,
+        workers: int = 2,
+        beat: bool = False,
+        flower_port: int | None = None,
+        loglevel: str = "WARNING",
+    ) -> None:
         self.config = config
         self.workers = workers
         self.beat = beat
@@ -152,7 +176,9 @@ class Stack:
         if self.env.get("CELERY_BROKER_URL"):
             os.environ["CELERY_BROKER_URL"] = self.env["CELERY_BROKER_URL"]
         for i in range(self.workers):
-            self.spawn(f"scoring{i + 1}", worker_command(f"scoring{i + 1}", SCORING, 1, self.loglevel))
+            self.spawn(
+                f"scoring{i + 1}", worker_command(f"scoring{i + 1}", SCORING, 1, self.loglevel)
+            )
         self.spawn("training", worker_command("training", TRAINING, 1, self.loglevel))
         if self.beat:
             self.spawn("beat", celery_command("beat", "-l", self.loglevel))
@@ -160,7 +186,10 @@ class Stack:
             self.spawn("flower", celery_command("flower", f"--port={self.flower_port}"))
 
     def spawn(self, name: str, command: list[str]) -> subprocess.Popen:
-        self.processes[name] = subprocess.Popen(command, env=self.env, start_new_session=True)
+        # Children log to stderr: stdout carries only this command's own output.
+        self.processes[name] = subprocess.Popen(
+            command, env=self.env, stdout=sys.stderr, start_new_session=True
+        )
         return self.processes[name]
 
     def check(self) -> None:

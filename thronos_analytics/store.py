@@ -7,19 +7,18 @@ it whole or not at all, and a batch delivered twice leaves the state as it was a
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
 import orjson
 import redis
+from redis import Redis  # re-exported: other modules annotate with store.Redis
 
 from analytics.contract import Rejection, Row
 from thronos_analytics import keys
 from thronos_analytics.settings import settings
-
-Redis = redis.Redis
 
 
 @cache
@@ -36,10 +35,11 @@ def connect(url: str | None = None) -> Redis:
 _APPLY_BATCH = """
 local n_rows, n_flags = tonumber(ARGV[1]), tonumber(ARGV[2])
 local window_max, flags_max, anomalies_max = ARGV[3], ARGV[4], ARGV[5]
-local seen, flags, flag_stream, anomalies, window, pending = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local stats, by_provider, model_current = KEYS[7], KEYS[8], KEYS[9]
-local session_wallet, wallet_sessions, wallet_session_seen = KEYS[10], KEYS[11], KEYS[12]
--- KEYS[13..17] session measures, KEYS[18..22] wallet measures: calls, score_sum, score_n, credits, mix
+local seen, flags, flag_stream, anomalies = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local window, pending, stats, by_provider = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local model_current, session_wallet = KEYS[9], KEYS[10]
+local wallet_sessions, wallet_session_seen = KEYS[11], KEYS[12]
+-- KEYS[13..17] per session, KEYS[18..22] per wallet: calls, score_sum, score_n, credits, mix
 
 local function count(first, who, provider, score, credits)
   redis.call('HINCRBY', KEYS[first], who, 1)
@@ -66,7 +66,8 @@ for i = 1, n_rows do
     end
     if wallet ~= '' then
       count(18, wallet, provider, score, credits)
-      if sid ~= '' and redis.call('HSETNX', wallet_session_seen, wallet .. '\\t' .. sid, 1) == 1 then
+      local pair = wallet .. '\\t' .. sid
+      if sid ~= '' and redis.call('HSETNX', wallet_session_seen, pair, 1) == 1 then
         redis.call('HINCRBY', wallet_sessions, wallet, 1)
       end
     end
@@ -215,7 +216,7 @@ def counts(r: Redis) -> dict[str, int]:
 
 def publish_model(r: Redis, name: str, blob: bytes, info: dict[str, Any]) -> str:
     """Store a model version and make it current. Versions are UTC timestamps, sortable."""
-    version = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f".{time.time_ns() % 10**6:06d}"
+    version = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f")
     info = {**info, "version": version}
     pipe = r.pipeline(transaction=True)
     pipe.set(keys.model_blob(name, version), blob)

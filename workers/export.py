@@ -47,9 +47,7 @@ def build_analytics(r: store.Redis) -> dict[str, Any]:
             "sessions": profiles["sessions"],
             "clusters": profiles["clusters"],
         },
-        "anomalies": [
-            orjson.loads(fields[b"a"]) for _, fields in r.xrange(keys.ANOMALIES)
-        ],
+        "anomalies": [orjson.loads(fields[b"a"]) for _, fields in r.xrange(keys.ANOMALIES)],
         "recommendations": {
             "global": {
                 use_case: rank(recommender, use_case, top=TOP)

@@ -14,6 +14,7 @@ import orjson
 from analytics.anomaly import AnomalyDetector
 from analytics.contract import Rejection, Row, RowError
 from thronos_analytics import keys, store
+from thronos_analytics.metrics import record_lag
 
 _loaded: tuple[str, AnomalyDetector] | None = None
 
@@ -55,7 +56,13 @@ def score_batch(r: store.Redis, payload: list[Any]) -> dict[str, Any]:
             new, scored = store.apply_batch(r, rows, None)
             if scored == -1:  # a model was published meanwhile
                 continue
-            return {"rows": len(rows), "new": new, "scored": 0, "pending": True, "rejected": rejected}
+            return {
+                "rows": len(rows),
+                "new": new,
+                "scored": 0,
+                "pending": True,
+                "rejected": rejected,
+            }
         version, detector = loaded
         now = time.time()
         flags = detector.flag(rows)
@@ -63,5 +70,13 @@ def score_batch(r: store.Redis, payload: list[Any]) -> dict[str, Any]:
             flag["model_version"] = version
             flag["scored_at"] = now
         new, scored = store.apply_batch(r, rows, flags)
-        return {"rows": len(rows), "new": new, "scored": scored, "pending": False,
-                "rejected": rejected, "model_version": version}
+        if scored:
+            record_lag(r, [now - row.ts for row in rows])
+        return {
+            "rows": len(rows),
+            "new": new,
+            "scored": scored,
+            "pending": False,
+            "rejected": rejected,
+            "model_version": version,
+        }

@@ -30,14 +30,18 @@ def _load_model(**_: Any) -> None:
         log.warning("could not preload the anomaly model", exc_info=True)
 
 
-@app.task(name="thronos.score_batch", acks_late=True, reject_on_worker_lost=True)
-def score_batch(rows: list[Any]) -> dict[str, Any]:
+@app.task(name="thronos.score_batch", bind=True, acks_late=True, reject_on_worker_lost=True)
+def score_batch(self: Any, rows: list[Any]) -> dict[str, Any]:
     r = store.connect()
     result = scoring.score_batch(r, rows)
-    if result["pending"] and store.counts(r)["interactions_seen"] >= settings().min_train_rows:
-        # Enough rows to train the first model; one trigger per minute at most.
-        if r.set(keys.AUTOTRAIN_LOCK, 1, nx=True, ex=60):
-            retrain_anomaly.delay()
+    r.hincrby(keys.WORKER_ROWS, self.request.hostname or "unknown", len(rows))
+    # Enough rows to train the first model: trigger it, once a minute at most.
+    if (
+        result["pending"]
+        and store.counts(r)["interactions_seen"] >= settings().min_train_rows
+        and r.set(keys.AUTOTRAIN_LOCK, 1, nx=True, ex=60)
+    ):
+        retrain_anomaly.delay()
     return result
 
 
@@ -88,9 +92,7 @@ TASKS = {
 
 def refresh_signature(models: tuple[str, ...] = RETRAINS, force: bool = False) -> Any:
     """Retrain ``models`` in parallel, then write the export once all have finished."""
-    header = [
-        TASKS[m].si(force) if m == "anomaly" else TASKS[m].si() for m in models
-    ]
+    header = [TASKS[m].si(force) if m == "anomaly" else TASKS[m].si() for m in models]
     return chord(header, write_analytics.s())
 
 

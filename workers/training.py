@@ -70,7 +70,9 @@ def retrain(r: store.Redis, name: str, fit: Callable[[], tuple[bytes, dict]]) ->
         failure = {"model": name, "error": f"{type(exc).__name__}: {exc}", "at": time.time()}
         r.set(keys.model_failure(name), orjson.dumps(failure))
         return failure
-    log.info("published %s model %s", name, info["version"], extra={"model_version": info["version"]})
+    log.info(
+        "published %s model %s", name, info["version"], extra={"model_version": info["version"]}
+    )
     return {"model": name, **info}
 
 
@@ -111,9 +113,11 @@ def fit_profiles_model(r: store.Redis) -> tuple[bytes, dict]:
     wallets = _aggregates(r, "wallet")
     if len(sessions) < 3:
         raise Skipped(f"{len(sessions)} sessions, 3 needed to cluster")
-    wallets["sessions"] = pd.Series(
-        {k.decode(): int(v) for k, v in r.hgetall(keys.WALLET_SESSIONS).items()}
-    ).reindex(wallets.index).fillna(0)
+    wallets["sessions"] = (
+        pd.Series({k.decode(): int(v) for k, v in r.hgetall(keys.WALLET_SESSIONS).items()})
+        .reindex(wallets.index)
+        .fillna(0)
+    )
     previous = store.current_model(r, "profiles")
     profiles = fit_profiles(sessions, wallets, orjson.loads(previous[1]) if previous else None)
     info = {"n_samples": len(sessions), "k": profiles["k"], "wallets": len(wallets)}

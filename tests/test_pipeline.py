@@ -1,0 +1,145 @@
+"""End to end, through real worker processes: ledger rows to flags and ai_analytics.json."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jsonschema
+import orjson
+import pytest
+
+from analytics.contract import Row, parse_line
+from analytics.simulate import SimConfig, write
+from thronos_analytics import keys
+from workers.export import SCHEMA_PATH
+from workers.queues import SCORING, TRAINING
+
+
+def drain(env: dict, *args: str) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-m", "thronos_analytics.cli", "run", "--drain", "--no-demo", *args],
+        env=env,
+        capture_output=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    return orjson.loads(done.stdout)
+
+
+def ledger_rows(ledger: Path) -> list[Row]:
+    parsed = [parse_line(line, i) for i, line in enumerate(ledger.read_bytes().splitlines(), 1)]
+    return [row for row in parsed if isinstance(row, Row)]
+
+
+def recount(rows: list[Row], scope: str) -> dict[str, tuple[int, float, float]]:
+    out: dict[str, list[float]] = {}
+    for row in rows:
+        who = row.session_id if scope == "session" else row.wallet
+        if who is None:
+            continue
+        calls, credits, score_sum = out.setdefault(who, [0, 0.0, 0.0])
+        out[who] = [calls + 1, credits + row.credits_used, score_sum + (row.score or 0.0)]
+    return {k: (int(v[0]), v[1], v[2]) for k, v in out.items()}
+
+
+def stored(r, scope: str) -> dict[str, tuple[int, float, float]]:
+    calls = r.hgetall(keys.agg(scope, "calls"))
+    credits = r.hgetall(keys.agg(scope, "credits"))
+    scores = r.hgetall(keys.agg(scope, "score_sum"))
+    return {
+        k.decode(): (int(v), float(credits[k]), float(scores.get(k, 0.0))) for k, v in calls.items()
+    }
+
+
+def assert_same_aggregates(expected, actual):
+    assert expected.keys() == actual.keys()
+    for key, (calls, credits, score_sum) in expected.items():
+        assert actual[key][0] == calls
+        assert actual[key][1:] == pytest.approx((credits, score_sum), rel=1e-9, abs=1e-9)
+
+
+def test_drain_scores_every_valid_row_exactly_once_and_exports(env, r, tmp_path):
+    ledger = Path(env["THRONOS_LEDGER"])
+    truth = write(SimConfig(rows=4000, seed=3, bad_rate=0.01), ledger, tmp_path / "truth.json")
+    truth = orjson.loads((tmp_path / "truth.json").read_bytes())
+    rows = ledger_rows(ledger)
+    assert len(rows) == truth["valid_rows"]
+
+    summary = drain(env, "--workers", "2")
+
+    document = orjson.loads((Path(env["THRONOS_DATA_DIR"]) / "ai_analytics.json").read_bytes())
+    jsonschema.validate(document, orjson.loads(SCHEMA_PATH.read_bytes()))
+    stats = document["stats"]
+    assert stats["interactions_scored"] == stats["interactions_seen"] == len(rows)
+    assert stats["interactions_rejected"] == len(truth["bad_lines"]) == summary["rejected_lines"]
+    assert {k.decode() for k in r.hkeys(keys.FLAGS)} == {row.id for row in rows}
+    assert r.llen(keys.PENDING) == 0
+    # Every flag carries the model it was scored with, and the export lists the anomalies.
+    flags = [orjson.loads(v) for v in r.hvals(keys.FLAGS)]
+    assert {f["model_version"] for f in flags} == {document["models"]["anomaly"]["version"]}
+    flagged = {f["id"] for f in flags if f["is_anomaly"]}
+    assert stats["anomalies"] == len(flagged) == len(document["anomalies"]) > 0
+    assert all(a["reasons"] for a in document["anomalies"])
+    # Both scoring workers took part.
+    per_worker = {k.decode(): int(v) for k, v in r.hgetall(keys.WORKER_ROWS).items()}
+    assert len(per_worker) == 2 and min(per_worker.values()) > 0, per_worker
+    # Clustering aggregates equal a recount from the ledger.
+    for scope in ("session", "wallet"):
+        assert_same_aggregates(recount(rows, scope), stored(r, scope))
+    profiles = document["profiles"]
+    assert set(profiles["sessions"]) == {row.session_id for row in rows if row.session_id}
+    assert document["recommendations"]["global"]["coding"]
+
+    # The same ledger drained again changes nothing: rows are keyed by id.
+    drain(env, "--workers", "1")
+    assert r.hlen(keys.FLAGS) == len(rows)
+    assert r.hlen(keys.REJECTED) == len(truth["bad_lines"])
+    for scope in ("session", "wallet"):
+        assert_same_aggregates(recount(rows, scope), stored(r, scope))
+
+
+def test_embedded_redis_when_no_redis_url(env, tmp_path):
+    ledger = Path(env["THRONOS_LEDGER"])
+    write(SimConfig(rows=600, seed=5), ledger)
+    no_redis = {k: v for k, v in env.items() if k not in ("REDIS_URL", "CELERY_BROKER_URL")}
+    summary = drain(no_redis, "--workers", "1")
+    assert summary["interactions_scored"] == summary["distinct_ids"] == 600
+    assert (Path(env["THRONOS_DATA_DIR"]) / "redis" / "redis.log").exists()
+
+
+def wait_for(predicate, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+    return value
+
+
+def test_retrained_model_reaches_running_workers(env, r, workers, tmp_path):
+    from producers.emit import send_batch
+    from workers.tasks import retrain_anomaly
+
+    ledger = tmp_path / "ledger.jsonl"
+    write(SimConfig(rows=1200, seed=7, drop=False), ledger)
+    rows = ledger_rows(ledger)
+    workers.start("scoring1", SCORING)
+    workers.start("training", TRAINING)
+    workers.wait_ready()
+
+    send_batch(rows[:600])
+    wait_for(lambda: r.llen(keys.PENDING) == 600)  # no model yet: the rows wait
+    first = retrain_anomaly.delay(force=True).get(timeout=120)
+    assert first["drained"] == 600
+    wait_for(lambda: r.hlen(keys.FLAGS) == 600)
+    versions = {orjson.loads(v)["model_version"] for v in r.hvals(keys.FLAGS)}
+    assert versions == {first["version"]}
+
+    second = retrain_anomaly.delay(force=True).get(timeout=120)
+    assert second["version"] > first["version"]
+    send_batch(rows[600:])
+    wait_for(lambda: r.hlen(keys.FLAGS) == 1200)
+    later = [orjson.loads(v) for v in r.hmget(keys.FLAGS, [row.id for row in rows[600:]])]
+    assert {flag["model_version"] for flag in later} == {second["version"]}
