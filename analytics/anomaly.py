@@ -123,7 +123,7 @@ class AnomalyDetector:
             "n_samples": self.n_samples_,
             "providers": self.norms_.providers,
         }
-        arrays = {f"forest_{k}": v for k, v in self.forest_.to_arrays().items()}
+        arrays: dict[str, Any] = {f"forest_{k}": v for k, v in self.forest_.to_arrays().items()}
         buffer = io.BytesIO()
         np.savez(
             buffer,

@@ -8,20 +8,18 @@ over flat arrays costs tens of microseconds and needs no pickle to store.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.ensemble import IsolationForest
-from sklearn.ensemble._iforest import _average_path_length
-from sklearn.utils.validation import check_is_fitted
+
+if TYPE_CHECKING:  # Scoring needs no scikit-learn; only from_sklearn imports it.
+    from sklearn.ensemble import IsolationForest
 
 SUPPORTED = "scikit-learn>=1.4,<1.10"
 # Rows per chunk: keeps the (rows, trees) work arrays around a megabyte, in cache.
 _CHUNK_CELLS = 1 << 15
-_ARRAY_NAMES = (
-    "feature", "threshold", "left", "right", "missing_left", "value", "roots", "depth",
-    "denominator", "n_features",
-)  # fmt: skip
+_PER_NODE = ("feature", "threshold", "left", "right", "missing_left", "value")
+_ARRAY_NAMES = (*_PER_NODE, "roots", "depth", "denominator", "n_features")
 
 
 class CompiledForest:
@@ -72,7 +70,7 @@ class CompiledForest:
             "denominator": np.array(denominator, np.float64),
             "n_features": np.array(n_features, np.int64),
         }
-        per_node = [self._arrays[name] for name in _ARRAY_NAMES[:6]]
+        per_node = [self._arrays[name] for name in _PER_NODE]
         n_nodes = self._arrays["feature"].size
         roots_ok = self._arrays["roots"].ndim == 1 and self._arrays["roots"].size > 0
         if any(a.shape != (n_nodes,) for a in per_node) or not roots_ok or depth < 0:
@@ -98,15 +96,19 @@ class CompiledForest:
     @classmethod
     def from_sklearn(cls, model: IsolationForest) -> CompiledForest:
         """Flatten a fitted ``IsolationForest``; reads private attributes of ``SUPPORTED``."""
+        from sklearn.utils.validation import check_is_fitted
+
         check_is_fitted(model)
         try:
+            from sklearn.ensemble._iforest import _average_path_length
+
             path_lengths = model._decision_path_lengths
             avg_lengths = model._average_path_length_per_tree
             max_samples = model._max_samples
             max_features = model._max_features
             trees = [estimator.tree_ for estimator in model.estimators_]
             missing_left = [tree.missing_go_to_left for tree in trees]
-        except AttributeError as error:
+        except (AttributeError, ImportError) as error:
             raise RuntimeError(
                 f"this scikit-learn's IsolationForest lacks {error.name!r}; "
                 f"analytics.forest supports {SUPPORTED}"
@@ -144,6 +146,7 @@ class CompiledForest:
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> CompiledForest:
+        """The inverse of ``to_arrays``; extra keys are ignored."""
         missing = [name for name in _ARRAY_NAMES if name not in arrays]
         if missing:
             raise ValueError(f"forest arrays lack {missing}")

@@ -60,7 +60,7 @@ def test_installed_scikit_learn_is_in_the_supported_range() -> None:
 def test_matches_sklearn_on_gaussian_data(params: dict) -> None:
     rng = np.random.default_rng(1)
     model, forest = fit(rng.normal(size=(600, 5)), **params)
-    # 1000 rows spans several of score_samples' chunks; scaled to reach outlying leaves.
+    # With 100 trees, 1000 rows span several of score_samples' chunks; x3 reaches outliers.
     assert_same(model, forest, 3 * rng.normal(size=(1000, 5)))
 
 
