@@ -43,6 +43,7 @@ class Outbox:
         self.send = send
         self.batch_size = batch_size
         self.linger = linger_ms / 1000.0
+        self.max_rows = max_rows
         self.rows: deque[Row] = deque(maxlen=max_rows)
         self.dropped = 0
         self.in_flight = 0
@@ -100,6 +101,9 @@ class Outbox:
             except Exception as exc:
                 log.warning("cannot send %d rows (%s); retrying in %.1fs", len(batch), exc, backoff)
                 with self.ready:
+                    # Put the batch back in front; on a full deque extendleft pushes the
+                    # newest rows out of the other end, so count them as dropped too.
+                    self.dropped += max(0, len(self.rows) + len(batch) - self.max_rows)
                     self.rows.extendleft(reversed(batch))
                     self.in_flight = 0
                 time.sleep(backoff)

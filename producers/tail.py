@@ -21,11 +21,13 @@ from typing import BinaryIO
 import orjson
 
 from analytics.contract import Rejection, Row, parse_line
+from thronos_analytics.settings import settings
 from workers.export import write_atomically
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 1 << 22
-IDLE_POLL = 0.005
+# Shortest wait between polls of an idle ledger: a poll costs one read() of nothing.
+MIN_IDLE_POLL = 0.001
 
 
 @dataclass
@@ -84,7 +86,14 @@ class TailProducer:
         reject: Callable[[Sequence[Rejection]], None],
         batch_size: int = 500,
         checkpoint: Path | None = None,
+        linger_ms: float | None = None,
     ) -> None:
+        """``linger_ms`` (default ``THRONOS_LINGER_MS``) is how long an idle ledger waits for
+        its next poll: a line written then is sent within that long, in a batch with every
+        line written meanwhile (up to ``batch_size``)."""
+        if linger_ms is None:
+            linger_ms = settings().linger_ms
+        self.idle_poll = max(linger_ms / 1000.0, MIN_IDLE_POLL)
         self.ledger = Path(ledger)
         self.send = send
         self.reject = reject
@@ -108,7 +117,7 @@ class TailProducer:
                     backoff = min(backoff * 2, 5.0)
                     continue
                 if not moved:
-                    self.stop.wait(IDLE_POLL)
+                    self.stop.wait(self.idle_poll)
         finally:
             if self.file:
                 self.file.close()

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jsonschema
 import orjson
-import pytest
 
-from analytics.contract import Row, parse_line
 from analytics.simulate import SimConfig, write
 from thronos_analytics import keys
 from workers.export import SCHEMA_PATH
 from workers.queues import SCORING, TRAINING
+
+from recount import assert_aggregates_match_ledger, ledger_rows, wait_for
 
 
 def drain(env: dict, *args: str) -> dict:
@@ -27,38 +26,6 @@ def drain(env: dict, *args: str) -> dict:
     )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     return orjson.loads(done.stdout)
-
-
-def ledger_rows(ledger: Path) -> list[Row]:
-    parsed = [parse_line(line, i) for i, line in enumerate(ledger.read_bytes().splitlines(), 1)]
-    return [row for row in parsed if isinstance(row, Row)]
-
-
-def recount(rows: list[Row], scope: str) -> dict[str, tuple[int, float, float]]:
-    out: dict[str, list[float]] = {}
-    for row in rows:
-        who = row.session_id if scope == "session" else row.wallet
-        if who is None:
-            continue
-        calls, credits, score_sum = out.setdefault(who, [0, 0.0, 0.0])
-        out[who] = [calls + 1, credits + row.credits_used, score_sum + (row.score or 0.0)]
-    return {k: (int(v[0]), v[1], v[2]) for k, v in out.items()}
-
-
-def stored(r, scope: str) -> dict[str, tuple[int, float, float]]:
-    calls = r.hgetall(keys.agg(scope, "calls"))
-    credits = r.hgetall(keys.agg(scope, "credits"))
-    scores = r.hgetall(keys.agg(scope, "score_sum"))
-    return {
-        k.decode(): (int(v), float(credits[k]), float(scores.get(k, 0.0))) for k, v in calls.items()
-    }
-
-
-def assert_same_aggregates(expected, actual):
-    assert expected.keys() == actual.keys()
-    for key, (calls, credits, score_sum) in expected.items():
-        assert actual[key][0] == calls
-        assert actual[key][1:] == pytest.approx((credits, score_sum), rel=1e-9, abs=1e-9)
 
 
 def test_drain_scores_every_valid_row_exactly_once_and_exports(env, r, tmp_path):
@@ -87,8 +54,7 @@ def test_drain_scores_every_valid_row_exactly_once_and_exports(env, r, tmp_path)
     per_worker = {k.decode(): int(v) for k, v in r.hgetall(keys.WORKER_ROWS).items()}
     assert len(per_worker) == 2 and min(per_worker.values()) > 0, per_worker
     # Clustering aggregates equal a recount from the ledger.
-    for scope in ("session", "wallet"):
-        assert_same_aggregates(recount(rows, scope), stored(r, scope))
+    assert_aggregates_match_ledger(r, rows)
     profiles = document["profiles"]
     assert set(profiles["sessions"]) == {row.session_id for row in rows if row.session_id}
     assert document["recommendations"]["global"]["coding"]
@@ -97,8 +63,7 @@ def test_drain_scores_every_valid_row_exactly_once_and_exports(env, r, tmp_path)
     drain(env, "--workers", "1")
     assert r.hlen(keys.FLAGS) == len(rows)
     assert r.hlen(keys.REJECTED) == len(truth["bad_lines"])
-    for scope in ("session", "wallet"):
-        assert_same_aggregates(recount(rows, scope), stored(r, scope))
+    assert_aggregates_match_ledger(r, rows)
 
 
 def test_embedded_redis_when_no_redis_url(env, tmp_path):
@@ -108,14 +73,6 @@ def test_embedded_redis_when_no_redis_url(env, tmp_path):
     summary = drain(no_redis, "--workers", "1")
     assert summary["interactions_scored"] == summary["distinct_ids"] == 600
     assert (Path(env["THRONOS_DATA_DIR"]) / "redis" / "redis.log").exists()
-
-
-def wait_for(predicate, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-    return value
 
 
 def test_retrained_model_reaches_running_workers(env, r, workers, tmp_path):

@@ -8,6 +8,8 @@ and needs no multiprocess registry.
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
+from collections import Counter
 from collections.abc import Iterator, Sequence
 
 from prometheus_client.core import (
@@ -28,10 +30,14 @@ def record_lag(r: store.Redis, lags: Sequence[float]) -> None:
     """Count each lag in its bucket (``le`` label) plus the running sum."""
     if not lags:
         return
+    # One HINCRBY per bucket, not per row: a scoring batch holds up to thousands of rows.
+    buckets = Counter(
+        str(LAG_BUCKETS[i]) if i < len(LAG_BUCKETS) else "+Inf"
+        for i in (bisect_left(LAG_BUCKETS, lag) for lag in lags)
+    )
     pipe = r.pipeline(transaction=False)
-    for lag in lags:
-        bucket = next((str(b) for b in LAG_BUCKETS if lag <= b), "+Inf")
-        pipe.hincrby(keys.LAG_HISTOGRAM, bucket, 1)
+    for bucket, n in buckets.items():
+        pipe.hincrby(keys.LAG_HISTOGRAM, bucket, n)
     pipe.hincrbyfloat(keys.LAG_HISTOGRAM, "sum", float(sum(lags)))
     pipe.execute()
 

@@ -29,7 +29,7 @@ class Settings:
     batch_size: int
     linger_ms: float
     retrain_seconds: float
-    export_seconds: float
+    visibility_timeout: float
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -48,7 +48,8 @@ class Settings:
             batch_size=int(_float("THRONOS_BATCH_SIZE", 500)),
             linger_ms=_float("THRONOS_LINGER_MS", 5.0),
             retrain_seconds=_float("THRONOS_RETRAIN_SECONDS", 300.0),
-            export_seconds=_float("THRONOS_EXPORT_SECONDS", 60.0),
+            # A message taken by a worker that died unseen is redelivered after this long.
+            visibility_timeout=_float("THRONOS_VISIBILITY_TIMEOUT", 300.0),
         )
 
     @property

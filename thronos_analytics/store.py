@@ -17,7 +17,7 @@ import redis
 from redis import Redis  # re-exported: other modules annotate with store.Redis
 
 from analytics.contract import Rejection, Row
-from thronos_analytics import keys
+from thronos_analytics import keys, signing
 from thronos_analytics.settings import settings
 
 
@@ -33,64 +33,105 @@ def connect(url: str | None = None) -> Redis:
 
 
 _APPLY_BATCH = """
-local n_rows, n_flags = tonumber(ARGV[1]), tonumber(ARGV[2])
-local window_max, flags_max, anomalies_max = ARGV[3], ARGV[4], ARGV[5]
+local window_max, flags_max, anomalies_max, use_model = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+-- One argument per batch, not per field: packing thousands of arguments costs the client
+-- more than decoding one JSON array costs Redis.
+local rows, flag_rows = cjson.decode(ARGV[5]), cjson.decode(ARGV[6])
 local seen, flags, flag_stream, anomalies = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local window, pending, stats, by_provider = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local model_current, session_wallet = KEYS[9], KEYS[10]
 local wallet_sessions, wallet_session_seen = KEYS[11], KEYS[12]
 -- KEYS[13..17] per session, KEYS[18..22] per wallet: calls, score_sum, score_n, credits, mix
 
-local function count(first, who, provider, score, credits)
-  redis.call('HINCRBY', KEYS[first], who, 1)
-  if score ~= '' then
-    redis.call('HINCRBYFLOAT', KEYS[first + 1], who, score)
-    redis.call('HINCRBY', KEYS[first + 2], who, 1)
+-- The aggregates of the batch's new rows are summed here and written once per session and
+-- wallet: a batch from one stretch of the ledger holds many calls of the same sessions.
+local function totals() return {order = {}, calls = {}, score_sum = {}, score_n = {},
+                                credits = {}, mix_order = {}, mix = {}} end
+local per_session, per_wallet = totals(), totals()
+
+local function count(t, who, provider, score, credits)
+  if t.calls[who] == nil then
+    t.order[#t.order + 1] = who
+    t.calls[who], t.score_sum[who], t.score_n[who], t.credits[who] = 0, 0, 0, 0
   end
-  redis.call('HINCRBYFLOAT', KEYS[first + 3], who, credits)
-  redis.call('HINCRBY', KEYS[first + 4], who .. '\\t' .. provider, 1)
+  t.calls[who] = t.calls[who] + 1
+  if score ~= '' then
+    t.score_sum[who] = t.score_sum[who] + tonumber(score)
+    t.score_n[who] = t.score_n[who] + 1
+  end
+  t.credits[who] = t.credits[who] + tonumber(credits)
+  local pair = who .. '\\t' .. provider
+  if t.mix[pair] == nil then
+    t.mix_order[#t.mix_order + 1] = pair
+    t.mix[pair] = 0
+  end
+  t.mix[pair] = t.mix[pair] + 1
+end
+
+local function float(x)
+  return string.format('%.17g', x)  -- tostring keeps only 14 digits
+end
+
+local function write(t, first)
+  for _, who in ipairs(t.order) do
+    redis.call('HINCRBY', KEYS[first], who, t.calls[who])
+    if t.score_n[who] > 0 then
+      redis.call('HINCRBYFLOAT', KEYS[first + 1], who, float(t.score_sum[who]))
+      redis.call('HINCRBY', KEYS[first + 2], who, t.score_n[who])
+    end
+    redis.call('HINCRBYFLOAT', KEYS[first + 3], who, float(t.credits[who]))
+  end
+  for _, pair in ipairs(t.mix_order) do
+    redis.call('HINCRBY', KEYS[first + 4], pair, t.mix[pair])
+  end
 end
 
 local new = 0
-local at = 6
-for i = 1, n_rows do
+local wallet_of, sessions_in_order, pairs_seen = {}, {}, {}
+for _, row in ipairs(rows) do
   local id, sid, wallet, provider, score, credits, wire =
-    ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4], ARGV[at + 5], ARGV[at + 6], ARGV[at + 7]
-  at = at + 7
+    row[1], row[2], row[3], row[4], row[5], row[6], row[7]
   if redis.call('SADD', seen, id) == 1 then
     new = new + 1
     redis.call('XADD', window, 'MAXLEN', '~', window_max, '*', 'r', wire)
     if sid ~= '' then
-      count(13, sid, provider, score, credits)
-      redis.call('HSET', session_wallet, sid, wallet)
+      count(per_session, sid, provider, score, credits)
+      if wallet_of[sid] == nil then sessions_in_order[#sessions_in_order + 1] = sid end
+      wallet_of[sid] = wallet  -- the last row's wallet wins, as with one HSET per row
     end
     if wallet ~= '' then
-      count(18, wallet, provider, score, credits)
+      count(per_wallet, wallet, provider, score, credits)
       local pair = wallet .. '\\t' .. sid
-      if sid ~= '' and redis.call('HSETNX', wallet_session_seen, pair, 1) == 1 then
-        redis.call('HINCRBY', wallet_sessions, wallet, 1)
+      if sid ~= '' and not pairs_seen[pair] then
+        pairs_seen[pair] = true
+        if redis.call('HSETNX', wallet_session_seen, pair, 1) == 1 then
+          redis.call('HINCRBY', wallet_sessions, wallet, 1)
+        end
       end
     end
   end
 end
+write(per_session, 13)
+write(per_wallet, 18)
+for _, sid in ipairs(sessions_in_order) do
+  redis.call('HSET', session_wallet, sid, wallet_of[sid])
+end
 
-if ARGV[6] ~= '1' then
-  -- No model was used. If one was published meanwhile the caller scores again; otherwise
-  -- the rows wait in PENDING, which the first training drains (it publishes, then drains).
-  if redis.call('EXISTS', model_current) == 1 then return {new, -1} end
-  at = 6
-  for i = 1, n_rows do
-    redis.call('RPUSH', pending, ARGV[at + 7])
-    at = at + 7
+if use_model ~= '1' then
+  -- No model was used. If one was published meanwhile the caller scores again ('0');
+  -- otherwise, or if the published one cannot be loaded ('2'), the rows wait in PENDING,
+  -- which the next successful training drains (it publishes, then drains).
+  -- (The rows' aggregates above are kept: SEEN already holds them, so a retry skips them.)
+  if use_model == '0' and redis.call('EXISTS', model_current) == 1 then return {new, -1} end
+  for _, row in ipairs(rows) do
+    redis.call('RPUSH', pending, row[7])
   end
   return {new, 0}
 end
 
 local scored = 0
-for i = 1, n_flags do
-  local id, is_anomaly, flag, record, provider =
-    ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4], ARGV[at + 5]
-  at = at + 5
+for _, f in ipairs(flag_rows) do
+  local id, is_anomaly, flag, record, provider = f[1], f[2], f[3], f[4], f[5]
   if redis.call('HSETNX', flags, id, flag) == 1 then
     scored = scored + 1
     redis.call('XADD', flag_stream, 'MAXLEN', '~', flags_max, '*', 'f', flag)
@@ -123,31 +164,30 @@ _BATCH_KEYS = [
 
 
 def apply_batch(
-    r: Redis, rows: Sequence[Row], flags: Sequence[dict[str, Any]] | None
+    r: Redis,
+    rows: Sequence[Row],
+    flags: Sequence[dict[str, Any]] | None,
+    park_anyway: bool = False,
 ) -> tuple[int, int]:
     """Ingest rows and publish their flags; ``flags=None`` parks the rows in PENDING.
 
     Returns (rows new to the ledger state, flags newly published); -1 flags means a model
-    appeared while the batch was being prepared, so the caller should score and retry.
+    appeared while the batch was being prepared, so the caller should score and retry,
+    unless ``park_anyway`` (the published model is unusable).
     """
-    argv: list[Any] = [
-        len(rows),
-        len(flags or ()),
-        settings().window_rows,
-        keys.FLAG_STREAM_MAXLEN,
-        keys.ANOMALIES_MAXLEN,
-        "1" if flags is not None else "0",
-    ]
-    for row in rows:
-        argv += [
+    row_fields = [
+        [
             row.id,
             row.session_id or "",
             row.wallet or "",
             row.provider,
             "" if row.score is None else repr(row.score),
             repr(row.credits_used),
-            orjson.dumps(row.to_wire()),
+            orjson.dumps(row.to_wire()).decode(),
         ]
+        for row in rows
+    ]
+    flag_fields = []
     for row, flag in zip(rows, flags or (), strict=False):
         record = {
             "id": row.id,
@@ -159,13 +199,24 @@ def apply_batch(
             "anomaly_score": flag["anomaly_score"],
             "reasons": flag["reasons"],
         }
-        argv += [
-            row.id,
-            "1" if flag["is_anomaly"] else "0",
-            orjson.dumps(flag),
-            orjson.dumps(record) if flag["is_anomaly"] else "",
-            row.provider,
-        ]
+        flag_fields.append(
+            [
+                row.id,
+                "1" if flag["is_anomaly"] else "0",
+                orjson.dumps(flag).decode(),
+                orjson.dumps(record).decode() if flag["is_anomaly"] else "",
+                row.provider,
+            ]
+        )
+    argv = [
+        settings().window_rows,
+        keys.FLAG_STREAM_MAXLEN,
+        keys.ANOMALIES_MAXLEN,
+        "1" if flags is not None else "2" if park_anyway else "0",
+        # Lua's cjson reads an empty JSON array as an object; both iterate as empty.
+        orjson.dumps(row_fields),
+        orjson.dumps(flag_fields),
+    ]
     new, scored = _script(r, "apply_batch")(keys=_BATCH_KEYS, args=argv)
     return int(new), int(scored)
 
@@ -219,7 +270,7 @@ def publish_model(r: Redis, name: str, blob: bytes, info: dict[str, Any]) -> str
     version = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f")
     info = {**info, "version": version}
     pipe = r.pipeline(transaction=True)
-    pipe.set(keys.model_blob(name, version), blob)
+    pipe.set(keys.model_blob(name, version), signing.sign(blob))
     pipe.hset(keys.model_versions(name), version, orjson.dumps(info))
     pipe.set(keys.model_current(name), version)
     pipe.delete(keys.model_failure(name))
@@ -228,11 +279,18 @@ def publish_model(r: Redis, name: str, blob: bytes, info: dict[str, Any]) -> str
 
 
 def current_model(r: Redis, name: str) -> tuple[str, bytes] | None:
+    """The published version and its verified payload; ModelIntegrityError if tampered."""
     version = r.get(keys.model_current(name))
     if version is None:
         return None
-    blob = r.get(keys.model_blob(name, version.decode()))
-    return (version.decode(), blob) if blob is not None else None
+    return model_version(r, name, version.decode())
+
+
+def model_version(r: Redis, name: str, version: str) -> tuple[str, bytes] | None:
+    blob = r.get(keys.model_blob(name, version))
+    if blob is None:
+        return None
+    return version, signing.verify(blob, f"{name} model {version}")
 
 
 def model_info(r: Redis, name: str) -> dict[str, Any] | None:

@@ -25,7 +25,14 @@ app.conf.update(
     worker_send_task_events=True,
     task_send_sent_event=True,
     broker_connection_retry_on_startup=True,
-    # An unacknowledged message (a worker died mid-batch) is redelivered after this long.
-    broker_transport_options={"visibility_timeout": 300},
+    broker_transport_options={
+        "visibility_timeout": config.visibility_timeout,
+        # Sweep for messages of dead workers often enough to honour the timeout.
+        "unacked_restore_interval": max(1, min(10, int(config.visibility_timeout / 2))),
+        "unacked_restore_throttle": 1,
+        # A publish to a broker that vanished without closing the socket must not hang.
+        "socket_timeout": 30,
+        "socket_connect_timeout": 5,
+    },
     worker_hijack_root_logger=False,
 )

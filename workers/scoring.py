@@ -1,11 +1,14 @@
 """Scoring a batch: validate the rows, flag them with the current model, apply the batch.
 
 Each worker process keeps the model it last loaded and reloads only when the published
-version changes, which costs one GET per batch.
+version changes, which costs one GET per batch. A published version that cannot be
+loaded (corrupt, tampered, wrong format) is refused once, recorded as the model's failure,
+and scoring goes on with the last good version.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -16,20 +19,57 @@ from analytics.contract import Rejection, Row, RowError
 from thronos_analytics import keys, store
 from thronos_analytics.metrics import record_lag
 
+log = logging.getLogger(__name__)
 _loaded: tuple[str, AnomalyDetector] | None = None
+_refused: set[str] = set()
 
 
 def current_detector(r: store.Redis) -> tuple[str, AnomalyDetector] | None:
     global _loaded
-    version = r.get(keys.model_current("anomaly"))
-    if version is None:
+    raw = r.get(keys.model_current("anomaly"))
+    if raw is None:
         return None
-    if _loaded is None or _loaded[0] != version.decode():
-        published = store.current_model(r, "anomaly")
-        if published is None:
-            return None
-        _loaded = (published[0], AnomalyDetector.from_bytes(published[1]))
+    version = raw.decode()
+    if (_loaded is not None and _loaded[0] == version) or version in _refused:
+        return _loaded or _last_good(r)
+    try:
+        _loaded = (version, _load(r, version))
+    except Exception as exc:
+        _refuse(r, version, exc)
+        return _loaded or _last_good(r)
     return _loaded
+
+
+def _load(r: store.Redis, version: str) -> AnomalyDetector:
+    published = store.model_version(r, "anomaly", version)
+    if published is None:
+        raise LookupError(f"anomaly model {version} has no artifact")
+    return AnomalyDetector.from_bytes(published[1])
+
+
+def _refuse(r: store.Redis, version: str, exc: Exception) -> None:
+    _refused.add(version)
+    error = f"cannot load anomaly model {version}: {type(exc).__name__}: {exc}"
+    log.error("%s; scoring with the last good model", error)
+    r.set(
+        keys.model_failure("anomaly"),
+        orjson.dumps({"model": "anomaly", "error": error, "at": time.time()}),
+    )
+
+
+def _last_good(r: store.Redis) -> tuple[str, AnomalyDetector] | None:
+    """A fresh process whose current model is unusable: the newest version that loads."""
+    global _loaded
+    for raw in sorted(r.hkeys(keys.model_versions("anomaly")), reverse=True):
+        version = raw.decode()
+        if version in _refused:
+            continue
+        try:
+            _loaded = (version, _load(r, version))
+            return _loaded
+        except Exception as exc:
+            _refuse(r, version, exc)
+    return None
 
 
 def validate(payload: list[Any]) -> tuple[list[Row], list[Rejection]]:
@@ -53,7 +93,8 @@ def score_batch(r: store.Redis, payload: list[Any]) -> dict[str, Any]:
     while True:
         loaded = current_detector(r)
         if loaded is None:
-            new, scored = store.apply_batch(r, rows, None)
+            unusable = r.exists(keys.model_current("anomaly"))
+            new, scored = store.apply_batch(r, rows, None, park_anyway=bool(unusable))
             if scored == -1:  # a model was published meanwhile
                 continue
             return {

@@ -1,0 +1,56 @@
+"""The ground truth a test compares Redis with: the ledger itself, recounted in Python."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from analytics.contract import Row, parse_line
+from thronos_analytics import keys
+
+
+def ledger_rows(ledger: Path) -> list[Row]:
+    parsed = [parse_line(line, i) for i, line in enumerate(ledger.read_bytes().splitlines(), 1)]
+    return [row for row in parsed if isinstance(row, Row)]
+
+
+def recount(rows: list[Row], scope: str) -> dict[str, tuple[int, float, float]]:
+    """Per session or wallet: calls, credits and score sum, counting each id once."""
+    out: dict[str, list[float]] = {}
+    seen: set[str] = set()
+    for row in rows:
+        who = row.session_id if scope == "session" else row.wallet
+        if who is None or row.id in seen:
+            continue
+        seen.add(row.id)
+        calls, credits, score_sum = out.setdefault(who, [0, 0.0, 0.0])
+        out[who] = [calls + 1, credits + row.credits_used, score_sum + (row.score or 0.0)]
+    return {k: (int(v[0]), v[1], v[2]) for k, v in out.items()}
+
+
+def stored(r, scope: str) -> dict[str, tuple[int, float, float]]:
+    calls = r.hgetall(keys.agg(scope, "calls"))
+    credits = r.hgetall(keys.agg(scope, "credits"))
+    scores = r.hgetall(keys.agg(scope, "score_sum"))
+    return {
+        k.decode(): (int(v), float(credits[k]), float(scores.get(k, 0.0))) for k, v in calls.items()
+    }
+
+
+def assert_aggregates_match_ledger(r, rows: list[Row]) -> None:
+    for scope in ("session", "wallet"):
+        expected, actual = recount(rows, scope), stored(r, scope)
+        assert expected.keys() == actual.keys(), scope
+        for key, (calls, credits, score_sum) in expected.items():
+            assert actual[key][0] == calls, (scope, key)
+            assert actual[key][1:] == pytest.approx((credits, score_sum), rel=1e-9, abs=1e-9)
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return value

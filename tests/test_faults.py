@@ -1,0 +1,310 @@
+"""Faults against real processes: nothing lost, nothing counted twice.
+
+Each test breaks a real part (kill -9 of a worker, a Redis restart, a killed producer, a
+second beat, a bad model, a full disk) and then checks the state in Redis against a
+recount of the ledger.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from analytics.simulate import SimConfig, write
+from producers.emit import send_batch
+from thronos_analytics import keys
+from workers.queues import SCORING, TRAINING
+
+from recount import assert_aggregates_match_ledger, ledger_rows, wait_for
+
+# Redeliver a dead worker's messages after 4 s, and train only when a test says so.
+WORKER_ENV = {"THRONOS_VISIBILITY_TIMEOUT": "4", "THRONOS_MIN_TRAIN_ROWS": str(10**9)}
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def train_first_model(rows, r) -> str:
+    from workers.tasks import retrain_anomaly
+
+    send_batch(rows)
+    wait_for(lambda: r.scard(keys.SEEN) >= len(rows), what="first rows ingested")
+    result = retrain_anomaly.delay(force=True).get(timeout=120)
+    assert "version" in result, result
+    return result["version"]
+
+
+def assert_scored_exactly_once(r, rows) -> None:
+    ids = {row.id for row in rows}
+    assert r.scard(keys.SEEN) == len(ids)
+    assert {k.decode() for k in r.hkeys(keys.FLAGS)} == ids
+    # The flag stream gets an entry only when a flag is new: one per row means no repeats.
+    assert r.xlen(keys.FLAG_STREAM) == len(ids)
+    flags = [orjson.loads(v) for v in r.hvals(keys.FLAGS)]
+    assert int(r.hget(keys.STATS, "anomalies") or 0) == sum(f["is_anomaly"] for f in flags)
+    assert_aggregates_match_ledger(r, rows)
+
+
+def test_kill_9_of_a_worker_child_and_of_a_whole_worker_loses_and_repeats_nothing(
+    env, r, workers, tmp_path
+):
+    ledger = tmp_path / "ledger.jsonl"
+    write(SimConfig(rows=50_000, seed=11), ledger)
+    rows = ledger_rows(ledger)
+    first = workers.start("scoring1", SCORING, concurrency=2, extra_env=WORKER_ENV)
+    second = workers.start("scoring2", SCORING, concurrency=1, extra_env=WORKER_ENV)
+    workers.start("training", TRAINING, extra_env=WORKER_ENV)
+    workers.wait_ready()
+    train_first_model(rows[:2000], r)
+
+    for start in range(2000, len(rows), 250):
+        send_batch(rows[start : start + 250])
+    wait_for(lambda: r.hlen(keys.FLAGS) > 12_000, what="a third of the stream")
+    os.kill(children(first.pid)[0], signal.SIGKILL)  # one prefork child, mid-batch
+    wait_for(lambda: r.hlen(keys.FLAGS) > 25_000, what="half of the stream")
+    os.killpg(second.pid, signal.SIGKILL)  # a whole worker: parent and child
+    second.wait()
+    workers.start("scoring3", SCORING, concurrency=1, extra_env=WORKER_ENV)
+
+    wait_for(lambda: r.hlen(keys.FLAGS) == len(rows), timeout=240, what="every row scored")
+    assert_scored_exactly_once(r, rows)
+
+
+def test_redis_restart_mid_stream_loses_nothing_and_everyone_reconnects(
+    env, r, workers, redis_server, tmp_path
+):
+    from producers.dead_letter import DeadLetter
+    from producers.tail import TailProducer
+
+    source = tmp_path / "source.jsonl"
+    write(SimConfig(rows=6000, seed=12), source)
+    lines = source.read_bytes().splitlines(keepends=True)
+    rows = ledger_rows(source)
+    workers.start("scoring1", SCORING, extra_env=WORKER_ENV)
+    workers.start("training", TRAINING, extra_env=WORKER_ENV)
+    workers.wait_ready()
+    train_first_model(rows[:1000], r)
+
+    ledger = tmp_path / "ai_ledger.jsonl"
+    ledger.write_bytes(b"".join(lines[:3000]))
+    tail = TailProducer(ledger, send_batch, DeadLetter(tmp_path / "rej.jsonl", "t", None).record)
+    thread = threading.Thread(target=tail.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: r.hlen(keys.FLAGS) >= 2000, what="scoring under way")
+        redis_server.stop()  # graceful: the AOF is flushed, as in a restart
+        with ledger.open("ab") as f:  # the ledger keeps growing while Redis is away
+            f.writelines(lines[3000:])
+        time.sleep(2)
+        redis_server.start()
+        wait_for(lambda: r.hlen(keys.FLAGS) == len(rows), timeout=180, what="every row scored")
+    finally:
+        tail.stop.set()
+        thread.join(10)
+    assert_scored_exactly_once(r, rows)
+
+
+def test_redis_down_30s_while_recording(env, r, workers, redis_server, tmp_path):
+    from producers.ai_ledger import Recorder
+
+    workers.start("scoring1", SCORING, extra_env=WORKER_ENV)
+    workers.start("training", TRAINING, extra_env=WORKER_ENV)
+    workers.wait_ready()
+    recorder = Recorder(tmp_path / "ai_ledger.jsonl", batch_size=100, linger_ms=5)
+    before = [
+        recorder.record(provider="claude", score=0.8, wallet="w", session_id="s", id=f"a{i}")
+        for i in range(1200)
+    ]
+    assert recorder.outbox.flush(30)
+    train_first_model([], r)
+
+    redis_server.stop()
+    slowest, during = 0.0, []
+    outage_ends = time.monotonic() + 30
+    i = 0
+    while time.monotonic() < outage_ends:
+        started = time.monotonic()
+        during.append(recorder.record(provider="gpt", score=0.7, wallet="w", id=f"b{i}"))
+        slowest = max(slowest, time.monotonic() - started)
+        i += 1
+        time.sleep(0.02)
+    redis_server.start()
+
+    assert slowest < 1.0, f"a record_interaction call took {slowest:.2f}s during the outage"
+    assert len((tmp_path / "ai_ledger.jsonl").read_bytes().splitlines()) == 1200 + len(during)
+    assert recorder.outbox.flush(120)
+    rows = before + during
+    wait_for(lambda: r.hlen(keys.FLAGS) == len(rows), timeout=120, what="every row scored")
+    assert_scored_exactly_once(r, rows)
+
+
+def test_producer_killed_mid_batch_resumes_from_its_checkpoint(env, r, workers, tmp_path):
+    ledger = Path(env["THRONOS_LEDGER"])
+    write(SimConfig(rows=30_000, seed=13), ledger)
+    rows = ledger_rows(ledger)
+    workers.start("scoring1", SCORING, extra_env=WORKER_ENV)
+    workers.start("training", TRAINING, extra_env=WORKER_ENV)
+    workers.wait_ready()
+    train_first_model(rows[:1000], r)
+
+    command = [sys.executable, "-m", "thronos_analytics.cli", "tail"]
+    checkpoint = ledger.with_name(ledger.name + ".checkpoint")
+    producer = subprocess.Popen(command, env={**env, "THRONOS_BATCH_SIZE": "200"})
+    try:
+        wait_for(lambda: checkpoint.exists() and r.scard(keys.SEEN) > 8000, what="progress")
+        producer.kill()  # SIGKILL: no chance to save anything
+        producer.wait()
+        killed_at = orjson.loads(checkpoint.read_bytes())["offset"]
+        assert 0 < killed_at < ledger.stat().st_size
+        producer = subprocess.Popen(command, env={**env, "THRONOS_BATCH_SIZE": "200"})
+        wait_for(lambda: r.hlen(keys.FLAGS) == len(rows), timeout=180, what="every row scored")
+    finally:
+        producer.kill()
+        producer.wait()
+    assert orjson.loads(checkpoint.read_bytes())["offset"] == ledger.stat().st_size
+    assert_scored_exactly_once(r, rows)
+
+
+def test_two_beats_schedule_each_period_once(env, r, tmp_path):
+    beat_env = {**env, "THRONOS_RETRAIN_SECONDS": "1"}
+    command = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "beat", "-l", "WARNING"]
+    beats = [
+        subprocess.Popen(command, env=beat_env, cwd=tmp_path, start_new_session=True)
+        for _ in range(2)
+    ]
+    try:
+        wait_for(lambda: r.llen(TRAINING) >= 1, what="the first scheduled task")
+        start = r.llen(TRAINING)
+        time.sleep(8)
+        sent = r.llen(TRAINING) - start
+    finally:
+        for beat in beats:
+            os.killpg(beat.pid, signal.SIGTERM)
+            beat.wait(20)
+    # One beat sends ~8 tasks in 8 s at one per second; two unlocked beats would send ~16.
+    assert 5 <= sent <= 10, sent
+    assert all(b"thronos.refresh_analytics" in m for m in r.lrange(TRAINING, 0, -1))
+
+
+def test_bad_model_is_refused_and_scoring_goes_on_with_the_last_good_one(env, r, workers, tmp_path):
+    from workers.tasks import retrain_anomaly
+
+    ledger = tmp_path / "ledger.jsonl"
+    write(SimConfig(rows=3000, seed=14), ledger)
+    rows = ledger_rows(ledger)
+    workers.start("scoring1", SCORING, extra_env=WORKER_ENV)
+    workers.start("training", TRAINING, extra_env={**WORKER_ENV, "THRONOS_CONTAMINATION": "-1"})
+    workers.wait_ready()
+
+    # A good model, published the way training publishes it.
+    from analytics.anomaly import AnomalyDetector
+    from thronos_analytics import store
+
+    detector = AnomalyDetector().fit(rows[:1000])
+    info = {"n_samples": 1000, "trained_at": time.time()}
+    good = store.publish_model(r, "anomaly", detector.to_bytes(), info)
+    send_batch(rows[:1000])
+    wait_for(lambda: r.hlen(keys.FLAGS) == 1000, what="first flags")
+
+    # 1. A retrain that crashes (invalid contamination) publishes nothing and says why.
+    failed = retrain_anomaly.delay(force=True).get(timeout=120)
+    assert "error" in failed and r.get(keys.model_current("anomaly")).decode() == good
+    # 2. A published artifact that is corrupt (or tampered) is refused by the workers.
+    r.set(keys.model_blob("anomaly", "29990101T000000.000000"), b"not a model")
+    r.set(keys.model_current("anomaly"), "29990101T000000.000000")
+    send_batch(rows[1000:])
+    wait_for(lambda: r.hlen(keys.FLAGS) == len(rows), what="scoring with the last good model")
+    versions = {orjson.loads(v)["model_version"] for v in r.hvals(keys.FLAGS)}
+    assert versions == {good}
+
+    status = subprocess.run(
+        [sys.executable, "-m", "thronos_analytics.cli", "status", "--json"],
+        env=env,
+        capture_output=True,
+        check=True,
+    )
+    failure = orjson.loads(status.stdout)["models"]["anomaly"]["last_failure"]
+    assert "cannot load anomaly model 29990101T000000.000000" in failure["error"]
+
+
+def test_tampered_model_is_refused_with_a_clear_error(env, r, monkeypatch, tmp_path):
+    from analytics.anomaly import AnomalyDetector
+    from thronos_analytics import store
+    from thronos_analytics.signing import ModelIntegrityError
+
+    rows = ledger_rows(write_small(tmp_path))
+    monkeypatch.setenv("THRONOS_MODEL_KEY", "k" * 32)
+    version = store.publish_model(r, "anomaly", AnomalyDetector().fit(rows).to_bytes(), {})
+    assert store.current_model(r, "anomaly") is not None
+    blob = bytearray(r.get(keys.model_blob("anomaly", version)))
+    blob[-10] ^= 1
+    r.set(keys.model_blob("anomaly", version), bytes(blob))
+    with pytest.raises(ModelIntegrityError, match=f"anomaly model {version} failed its HMAC"):
+        store.current_model(r, "anomaly")
+    monkeypatch.setenv("THRONOS_MODEL_KEY", "another key")
+    r.set(keys.model_blob("anomaly", version), store.signing.sign(b"x"))
+    monkeypatch.setenv("THRONOS_MODEL_KEY", "k" * 32)
+    with pytest.raises(ModelIntegrityError, match="HMAC"):
+        store.current_model(r, "anomaly")
+
+
+def write_small(tmp_path: Path) -> Path:
+    ledger = tmp_path / "small.jsonl"
+    write(SimConfig(rows=500, seed=15), ledger)
+    return ledger
+
+
+DISK_FULL = textwrap.dedent(
+    """
+    import resource, signal, sys
+    from producers.ai_ledger import Ledger, LedgerWriteError
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
+    ledger = Ledger(sys.argv[1])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
+    for i in range(1000):
+        try:
+            ledger.append({"id": f"r{i}", "ts": 1772366400 + i, "provider": "claude",
+                           "meta": {"pad": "x" * 50}})
+        except LedgerWriteError as exc:
+            print(exc)
+            break
+    """
+)
+
+
+def test_disk_full_gives_a_clear_error_and_never_a_half_line(tmp_path):
+    ledger = tmp_path / "ai_ledger.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-c", DISK_FULL, str(ledger), "1000"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parents[1],
+    )
+    assert f"cannot append to ledger {ledger}" in done.stdout, done.stdout + done.stderr
+    content = ledger.read_bytes()
+    assert content.endswith(b"\n") and len(content) <= 1000
+    assert all(orjson.loads(line) for line in content.splitlines())
+
+
+def test_unwritable_data_dir_names_the_path(tmp_path):
+    from producers.ai_ledger import Ledger, LedgerWriteError
+    from workers.export import write_atomically
+
+    blocker = tmp_path / "data"
+    blocker.write_text("a file where the data dir should be")
+    with pytest.raises(LedgerWriteError, match=str(blocker)):
+        Ledger(blocker / "ai_ledger.jsonl").append({"provider": "x"})
+    with pytest.raises(OSError, match=str(blocker)):
+        write_atomically(blocker / "ai_analytics.json", b"{}")
