@@ -100,3 +100,45 @@ def test_retrained_model_reaches_running_workers(env, r, workers, tmp_path):
     wait_for(lambda: r.hlen(keys.FLAGS) == 1200)
     later = [orjson.loads(v) for v in r.hmget(keys.FLAGS, [row.id for row in rows[600:]])]
     assert {flag["model_version"] for flag in later} == {second["version"]}
+
+
+def redis_contents(r) -> bytes:
+    """Every key and value in Redis, concatenated, for searching."""
+    parts = []
+    for key in r.scan_iter(count=1000):
+        kind = r.type(key)
+        parts.append(key)
+        if kind == b"string":
+            parts.append(r.get(key))
+        elif kind == b"hash":
+            parts += [b"%s=%s" % item for item in r.hgetall(key).items()]
+        elif kind == b"list":
+            parts += r.lrange(key, 0, -1)
+        elif kind == b"set":
+            parts += list(r.smembers(key))
+        elif kind == b"stream":
+            parts += [b"".join(b"".join(kv) for kv in f.items()) for _, f in r.xrange(key)]
+    return b"\n".join(parts)
+
+
+def test_no_prompt_or_output_text_reaches_redis_flags_or_the_export(env, r):
+    from producers.ai_ledger import Recorder
+
+    secret = "TOP-SECRET-7f3a"
+    recorder = Recorder(Path(env["THRONOS_LEDGER"]), emit=False)
+    for i in range(1200):
+        recorder.record(
+            provider=("claude", "gpt", "gemini")[i % 3],
+            prompt=f"{secret} question {i}",
+            output=f"{secret} answer {i}",
+            session_id=f"s{i % 40}",
+            wallet=f"w{i % 10}",
+            credits_used=1.0 + i % 5,
+            score=(i % 10) / 10,
+            meta={"use_case": ("coding", "chat")[i % 2], "latency_ms": 800 + i},
+        )
+    drain(env, "--workers", "1")
+    assert secret.encode() not in Path(env["THRONOS_LEDGER"]).read_bytes()
+    assert secret.encode() not in (Path(env["THRONOS_DATA_DIR"]) / "ai_analytics.json").read_bytes()
+    assert r.hlen(keys.FLAGS) == 1200
+    assert secret.encode() not in redis_contents(r)

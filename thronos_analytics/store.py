@@ -232,21 +232,26 @@ def _script(r: Redis, name: str) -> Any:
 
 
 def record_rejections(r: Redis | None, source: str, rejections: Iterable[Rejection]) -> int:
-    """Count rejections once each (keyed by source, line and content) and stream them."""
+    """Count rejections once each (keyed by source, line and content) and stream them.
+
+    The hash, which never shrinks, keeps only the reason; the raw excerpt goes to the
+    capped stream and the dead-letter file.
+    """
     entries = {}
     for rej in rejections:
         digest = hashlib.sha1(rej.raw.encode("utf-8", "replace")).hexdigest()[:12]
-        entries[f"{source}:{rej.line}:{digest}"] = orjson.dumps(rej.to_json(source))
+        entries[f"{source}:{rej.line}:{digest}"] = rej
     if r is None or not entries:
         return 0
     pipe = r.pipeline(transaction=False)
-    for key, value in entries.items():
-        pipe.hsetnx(keys.REJECTED, key, value)
+    for key, rej in entries.items():
+        pipe.hsetnx(keys.REJECTED, key, orjson.dumps({"reason": rej.reason}))
     added = pipe.execute()
     pipe = r.pipeline(transaction=False)
-    for (_, value), new in zip(entries.items(), added, strict=True):
+    for rej, new in zip(entries.values(), added, strict=True):
         if new:
-            pipe.xadd(keys.REJECTED_STREAM, {"r": value}, maxlen=keys.REJECTED_STREAM_MAXLEN)
+            record = orjson.dumps(rej.to_json(source))
+            pipe.xadd(keys.REJECTED_STREAM, {"r": record}, maxlen=keys.REJECTED_STREAM_MAXLEN)
     pipe.execute()
     return sum(map(bool, added))
 

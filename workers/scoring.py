@@ -20,6 +20,8 @@ from thronos_analytics import keys, store
 from thronos_analytics.metrics import record_lag
 
 log = logging.getLogger(__name__)
+# Rows scored per Lua call at most; bounds a worker's memory whatever a message holds.
+MAX_BATCH = 5000
 _loaded: tuple[str, AnomalyDetector] | None = None
 _refused: set[str] = set()
 
@@ -88,6 +90,18 @@ def validate(payload: list[Any]) -> tuple[list[Row], list[Rejection]]:
 
 
 def score_batch(r: store.Redis, payload: list[Any]) -> dict[str, Any]:
+    if len(payload) > MAX_BATCH:
+        # A message bigger than any producer sends: score it in bounded pieces.
+        results = [
+            score_batch(r, payload[i : i + MAX_BATCH]) for i in range(0, len(payload), MAX_BATCH)
+        ]
+        return {
+            "rows": sum(x["rows"] for x in results),
+            "new": sum(x["new"] for x in results),
+            "scored": sum(x["scored"] for x in results),
+            "pending": any(x["pending"] for x in results),
+            "rejected": sum(x["rejected"] for x in results),
+        }
     rows, rejections = validate(payload)
     rejected = store.record_rejections(r, "message", rejections)
     while True:
