@@ -1,10 +1,18 @@
-"""Per-interaction anomaly detection: an IsolationForest over ``analytics.features``.
+"""Per-interaction anomaly detection: robust distances from the norm, context, and a forest.
 
-The forest isolates rows that differ from the bulk in few random splits (Liu et al., 2008).
-The flag threshold is the ``contamination`` quantile of the training window's scores, so
-that setting is the expected share of flagged rows. Reasons are read off the features,
-not the forest: each measure far from its provider's median (|robust z| >= 3) is named in
-words, largest first.
+Each row gets five pieces of evidence (``analytics.features``): how far its output
+length, score, latency and credits are from the median of comparable rows, in robust
+standard deviations, and how surprising its provider is given the other calls of its
+session and wallet (``-log P(provider | context)`` from a multinomial logistic
+regression). Each is put on a common scale, 0 at the median and 1 at the training
+window's 99th percentile, and an IsolationForest (Liu et al., 2008) over them adds a sixth
+for combinations no single one shows. A row's ``anomaly_score`` is the largest of the six,
+so a row far out on one measure is never averaged away by the others being normal.
+
+The flag threshold is the ``1 - contamination`` quantile of the training window's scores,
+so that setting is the expected share of flagged rows; with ``contamination=None`` it is
+the fixed evidence level ``AUTO_THRESHOLD`` instead, and the share follows the data.
+Reasons are read off the evidence, largest first, in words.
 
 >>> from analytics.contract import Row
 >>> rows = [Row(str(i), 1.8e9, "claude", None, "s", "w", 1.0, 0.8, 1500.0 + i, 900.0, None, True)
@@ -13,44 +21,58 @@ words, largest first.
 >>> odd = Row("x", 1.8e9, "claude", None, "s", "w", 1.0, 0.8, 9800.0, 900.0, None, True)
 >>> flag = detector.flag([odd])[0]
 >>> flag["is_anomaly"], flag["reasons"][0]
-(True, "latency 9.8 s, 6.5× claude's median (1.6 s)")
+(True, "latency 9.8 s, 5.9× claude's median (1.6 s)")
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import orjson
 from sklearn.ensemble import IsolationForest
+from sklearn.linear_model import LogisticRegression
 
 from analytics.contract import Row
 from analytics.features import (
     BASE,
+    LEVELS,
+    ContextCounts,
     ProviderNorms,
     base_matrix,
-    design_matrix,
+    context_counts,
+    context_matrix,
     feature_names,
     to_natural,
 )
 from analytics.forest import CompiledForest
 
-REASON_Z = 3.0
+FORMAT = 2
+# Evidence is scaled so the training window's 99th percentile is 1. In planted ledgers no
+# normal row in 10,000 reaches 1.9, and planted anomalies sit at 2 to 6.
+AUTO_THRESHOLD = 1.75
+# A piece of evidence is named in the reasons from this level on.
+REASON_LEVEL = 1.0
 MAX_REASONS = 3
-FORMAT = 1
+# The context model learns from at most this many rows: enough for five providers.
+CONTEXT_SAMPLE = 60_000
+SURPRISE = len(BASE)  # column of the provider evidence
+FOREST = len(BASE) + 1  # column of the forest's evidence
 
 
 class AnomalyDetector:
     def __init__(
         self,
-        contamination: float = 0.01,
+        contamination: float | None = 0.01,
         n_estimators: int = 100,
         max_samples: int = 256,
         random_state: int = 0,
     ) -> None:
-        self.contamination = contamination
+        # None (estimate the share from the data) is kept as NaN, so the attribute stays a float.
+        self.contamination: float = float("nan") if contamination is None else contamination
         self.n_estimators = n_estimators
         self.max_samples = max_samples
         self.random_state = random_state
@@ -58,80 +80,207 @@ class AnomalyDetector:
     def fit(self, rows: Sequence[Row]) -> AnomalyDetector:
         if not rows:
             raise ValueError("cannot train the anomaly model on zero rows")
+        auto = bool(np.isnan(self.contamination))
+        if not auto and not 0.0 < self.contamination < 0.5:
+            raise ValueError(f"contamination must be in (0, 0.5) or None, not {self.contamination}")
         base = base_matrix(rows)
-        providers = [r.provider for r in rows]
-        self.norms_ = ProviderNorms.fit(base, providers)
-        X = design_matrix(base, self.norms_.index(providers), self.norms_)
+        self.norms_ = ProviderNorms.fit(base, rows)
+        use_cases = sorted({r.use_case for r in rows if r.use_case})
+        self.context_ = context_counts(rows, self.norms_.providers, use_cases)
+        X_context, _ = context_matrix(rows, self.context_)
+        self._fit_context_model(X_context, [r.provider for r in rows])
+
+        raw = self._raw_evidence(base, rows, X_context)
+        self.center_ = np.median(raw, axis=0)
+        self.spread_ = np.maximum(np.quantile(raw, 0.99, axis=0) - self.center_, 1e-6)
+        evidence = (raw - self.center_) / self.spread_
         forest = IsolationForest(
             n_estimators=self.n_estimators,
             max_samples=min(self.max_samples, len(rows)),
             random_state=self.random_state,
-        ).fit(X)
+        ).fit(evidence)
         self.forest_ = CompiledForest.from_sklearn(forest)
-        scores = self.forest_.score_samples(X)
-        self.threshold_ = float(np.quantile(scores, self.contamination))
+        strangeness = -self.forest_.score_samples(evidence)
+        self.forest_center_ = float(np.median(strangeness))
+        self.forest_spread_ = max(float(np.quantile(strangeness, 0.99)) - self.forest_center_, 1e-6)
+        scores = self._scores(evidence, strangeness)
+        if auto:
+            self.threshold_ = AUTO_THRESHOLD
+        else:
+            self.threshold_ = float(np.quantile(scores, 1.0 - self.contamination))
         self.n_samples_ = len(rows)
         return self
 
+    def _fit_context_model(self, X: np.ndarray, providers: list[str]) -> None:
+        self.classes_ = sorted(set(providers))
+        if len(self.classes_) < 2:
+            # One provider: nothing about it can be unexpected.
+            self.coef_ = np.zeros((len(self.classes_), X.shape[1]))
+            self.intercept_ = np.zeros(len(self.classes_))
+            return
+        y = np.asarray(providers)
+        if len(y) > CONTEXT_SAMPLE:
+            keep = np.random.default_rng(self.random_state).choice(
+                len(y), CONTEXT_SAMPLE, replace=False
+            )
+            X, y = X[keep], y[keep]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a not-quite-converged fit is still a good prior
+            model = LogisticRegression(max_iter=200).fit(X, y)
+        coef, intercept = model.coef_, model.intercept_
+        if len(model.classes_) == 2:  # sklearn keeps one row for two classes
+            coef, intercept = np.vstack([-coef, coef]) / 2, np.array([-1, 1]) * intercept / 2
+        self.classes_ = model.classes_.tolist()
+        self.coef_, self.intercept_ = coef, intercept
+
+    def provider_probability(self, rows: Sequence[Row], X_context: np.ndarray) -> np.ndarray:
+        """P(row's provider | its session's and wallet's other calls); NaN if unseen."""
+        logits = X_context @ self.coef_.T + self.intercept_
+        logits -= logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        probs /= probs.sum(axis=1, keepdims=True)
+        where = {p: i for i, p in enumerate(self.classes_)}
+        column = np.array([where.get(r.provider, -1) for r in rows], dtype=int)
+        out = np.full(len(rows), np.nan)
+        seen = column >= 0
+        out[seen] = probs[np.flatnonzero(seen), column[seen]]
+        return out
+
+    def _raw_evidence(self, base: np.ndarray, rows: Sequence[Row], X_context: np.ndarray):
+        distance = self.norms_.distances(base, rows)
+        probability = self.provider_probability(rows, X_context)
+        # An unseen provider is named in the reasons, but alone it is no anomaly.
+        surprise = -np.log(np.clip(np.nan_to_num(probability, nan=1.0), 1e-12, 1.0))
+        return np.column_stack([distance, surprise])
+
+    def _scores(self, evidence: np.ndarray, strangeness: np.ndarray) -> np.ndarray:
+        forest = (strangeness - self.forest_center_) / self.forest_spread_
+        return np.maximum(evidence.max(axis=1), forest)
+
     @property
     def feature_names_(self) -> list[str]:
-        return feature_names(self.norms_.providers)
+        return feature_names()
 
-    def flag(self, rows: Sequence[Row]) -> list[dict[str, Any]]:
-        """``{id, anomaly_score, is_anomaly, reasons}`` per row, in order."""
+    def score(
+        self,
+        rows: Sequence[Row],
+        context: Sequence[Mapping[str, Mapping[str, float]] | None] | None = None,
+    ) -> np.ndarray:
+        """The anomaly score of each row: larger is stranger, the threshold is ``threshold_``."""
+        return self._evaluate(rows, context)[0]
+
+    def _evaluate(self, rows: Sequence[Row], context):
+        base = base_matrix(rows)
+        X_context, others = context_matrix(rows, self.context_, context)
+        raw = self._raw_evidence(base, rows, X_context)
+        evidence = (raw - self.center_) / self.spread_
+        strangeness = -self.forest_.score_samples(evidence)
+        forest = (strangeness - self.forest_center_) / self.forest_spread_
+        evidence = np.column_stack([evidence, forest])
+        return evidence.max(axis=1), evidence, base, others, raw
+
+    def flag(
+        self,
+        rows: Sequence[Row],
+        context: Sequence[Mapping[str, Mapping[str, float]] | None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """``{id, anomaly_score, is_anomaly, reasons}`` per row, in order.
+
+        ``context`` is optional, one entry per row: the calls per provider of the row's
+        session and wallet other than the row, ``{"session": {provider: n}, "wallet":
+        {provider: n}}``, for sessions newer than the model. Without it the counts kept
+        from training are used.
+        """
         if not rows:
             return []
-        base = base_matrix(rows)
-        idx = self.norms_.index([r.provider for r in rows])
-        X = design_matrix(base, idx, self.norms_)
-        scores = self.forest_.score_samples(X)
+        scores, evidence, base, others, raw = self._evaluate(rows, context)
         flags = []
         for i, row in enumerate(rows):
-            is_anomaly = bool(scores[i] < self.threshold_)
+            is_anomaly = bool(scores[i] > self.threshold_)
             flags.append(
                 {
                     "id": row.id,
-                    # sklearn's score is in (0, 1], lower is stranger; flip it for people.
-                    "anomaly_score": round(float(-scores[i]), 6),
+                    "anomaly_score": round(float(scores[i]), 4),
                     "is_anomaly": is_anomaly,
-                    "reasons": self._reasons(row, base[i], X[i], idx[i]) if is_anomaly else [],
+                    "reasons": (
+                        self._reasons(row, base[i], evidence[i], others[i], raw[i])
+                        if is_anomaly
+                        else []
+                    ),
                 }
             )
         return flags
 
-    def _reasons(self, row: Row, base: np.ndarray, x: np.ndarray, idx: int) -> list[str]:
-        n = len(BASE)
-        distance = x[n : 2 * n]
-        whose = f"{row.provider}'s" if idx < len(self.norms_.providers) else "all providers'"
+    def _reasons(
+        self, row: Row, base: np.ndarray, evidence: np.ndarray, others: np.ndarray, raw
+    ) -> list[str]:
         reasons = []
-        if idx == len(self.norms_.providers):
+        if row.provider not in self.norms_.providers:
             reasons.append(f"provider {row.provider!r} was not seen in training")
-        for j in np.argsort(-np.abs(distance)):
-            if abs(distance[j]) < REASON_Z or np.isnan(base[j]) or len(reasons) >= MAX_REASONS:
-                continue
-            value = float(to_natural(base[j : j + 1], j)[0])
-            median = float(to_natural(self.norms_.median[idx, j : j + 1], j)[0])
-            reasons.append(_describe(BASE[j], value, median, whose))
+        median, _, level = self.norms_.lookup([row])
+        for rank, j in enumerate(np.argsort(-evidence)):
+            # The strongest evidence is always named; others only when strong on their own.
+            level_needed = REASON_LEVEL if rank == 0 else AUTO_THRESHOLD
+            if evidence[j] < level_needed or len(reasons) >= MAX_REASONS:
+                break
+            if j == FOREST:
+                if not reasons:  # the forest only speaks when no single measure does
+                    reasons.append("unusual combination of provider and measures")
+            elif j == SURPRISE:
+                reasons.append(self._describe_provider(row, others, float(np.exp(-raw[SURPRISE]))))
+            elif not np.isnan(base[j]):
+                value = float(to_natural(base[j : j + 1], j)[0])
+                norm = float(to_natural(median[0, j : j + 1], j)[0])
+                reasons.append(_describe(BASE[j], value, norm, _whose(row, j, level[0, j])))
         return reasons or ["unusual combination of provider and measures"]
+
+    def _describe_provider(self, row: Row, others: np.ndarray, share: float) -> str:
+        where = {p: i for i, p in enumerate(self.context_.providers)}
+        p = where.get(row.provider)
+        parts = []
+        for k, scope in enumerate(("session", "wallet")):
+            total = int(others[k, -1])
+            if total:
+                mine = int(others[k, p]) if p is not None else 0
+                parts.append(f"{mine} of its {scope}'s {total} other calls")
+        evidence = "; ".join(parts) if parts else "no other calls of its session or wallet"
+        return (
+            f"provider {row.provider} is unusual here: {evidence}; "
+            f"calls like these go to {row.provider} {_share(share)} of the time"
+        )
 
     def to_bytes(self) -> bytes:
         """A pickle-free artifact: numpy arrays and a JSON header in one ``.npz``."""
         header = {
             "format": FORMAT,
-            "contamination": self.contamination,
+            "contamination": None if np.isnan(self.contamination) else self.contamination,
             "threshold": self.threshold_,
             "n_samples": self.n_samples_,
             "providers": self.norms_.providers,
+            "norm_keys": self.norms_.keys,
+            "classes": self.classes_,
+            "use_cases": self.context_.use_cases,
+            "context_providers": self.context_.providers,
+            "forest_center": self.forest_center_,
+            "forest_spread": self.forest_spread_,
         }
         arrays: dict[str, Any] = {f"forest_{k}": v for k, v in self.forest_.to_arrays().items()}
-        buffer = io.BytesIO()
-        np.savez(
-            buffer,
+        for j in range(len(BASE)):
+            arrays[f"norm_median_{j}"] = self.norms_.median[j]
+            arrays[f"norm_scale_{j}"] = self.norms_.scale[j]
+        arrays.update(
             header=np.frombuffer(orjson.dumps(header), dtype=np.uint8),
-            norms_median=self.norms_.median,
-            norms_scale=self.norms_.scale,
-            **arrays,
+            center=self.center_,
+            spread=self.spread_,
+            coef=self.coef_,
+            intercept=self.intercept_,
+            session_ids=np.array(list(self.context_.sessions), dtype=str),
+            session_counts=self.context_.session_counts,
+            wallet_ids=np.array(list(self.context_.wallets), dtype=str),
+            wallet_counts=self.context_.wallet_counts,
         )
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
         return buffer.getvalue()
 
     @classmethod
@@ -142,26 +291,76 @@ class AnomalyDetector:
                 raise ValueError(f"anomaly model format {header.get('format')} is not {FORMAT}")
             detector = cls(contamination=header["contamination"])
             detector.norms_ = ProviderNorms(
-                header["providers"], npz["norms_median"], npz["norms_scale"]
+                header["providers"],
+                header["norm_keys"],
+                [npz[f"norm_median_{j}"] for j in range(len(BASE))],
+                [npz[f"norm_scale_{j}"] for j in range(len(BASE))],
             )
             detector.forest_ = CompiledForest.from_arrays(
                 {k.removeprefix("forest_"): npz[k] for k in npz.files if k.startswith("forest_")}
             )
+            sessions, wallets = npz["session_ids"].tolist(), npz["wallet_ids"].tolist()
+            detector.context_ = ContextCounts(
+                header["context_providers"],
+                header["use_cases"],
+                {s: i for i, s in enumerate(sessions)},
+                npz["session_counts"],
+                {w: i for i, w in enumerate(wallets)},
+                npz["wallet_counts"],
+            )
+            detector.center_, detector.spread_ = npz["center"], npz["spread"]
+            detector.coef_, detector.intercept_ = npz["coef"], npz["intercept"]
+        detector.classes_ = header["classes"]
+        detector.forest_center_ = header["forest_center"]
+        detector.forest_spread_ = header["forest_spread"]
         detector.threshold_ = header["threshold"]
         detector.n_samples_ = header["n_samples"]
         return detector
 
 
-def _describe(measure: str, value: float, median: float, whose: str) -> str:
-    ratio = f"{value / median:.2g}×" if median > 0 else "far from"
+def _whose(row: Row, column: int, level: int) -> tuple[str, str]:
+    """Whose median a measure was compared with, and on what, for the reasons."""
+    if LEVELS[level] == "all":
+        return "all providers'", ""
+    if LEVELS[level] == "cell" and column >= 2:
+        return f"{row.model}'s", ""
+    if LEVELS[level] == "cell":
+        return f"{row.provider}'s", f" for {row.use_case}"
+    return f"{row.provider}'s", ""
+
+
+def _describe(measure: str, value: float, median: float, whose: tuple[str, str]) -> str:
+    """E.g. "latency 9.8 s, 6× claude's median (1.6 s)"."""
+    who, on = whose
+    if measure == "score":
+        return f"score {value:.2f}, {who} median{on} {median:.2f}"
     if measure == "latency_ms":
-        return f"latency {_seconds(value)}, {ratio} {whose} median ({_seconds(median)})"
-    if measure == "output_len":
-        return f"output length {value:,.0f}, {ratio} {whose} median ({median:,.0f})"
-    if measure == "credits_used":
-        return f"credits {value:.3g}, {ratio} {whose} median ({median:.3g})"
-    return f"score {value:.2f}, {whose} median {median:.2f}"
+        shown, norm = _seconds(value), _seconds(median)
+    elif measure == "output_len":
+        shown, norm = f"{value:,.0f}", f"{median:,.0f}"
+    else:
+        shown, norm = f"{value:.3g}", f"{median:.3g}"
+    name = {"latency_ms": "latency", "output_len": "output length", "credits_used": "credits"}
+    return f"{name[measure]} {shown}, {_ratio(value, median)} {who} median{on} ({norm})"
+
+
+def _ratio(value: float, median: float) -> str:
+    if median <= 0:
+        return "far from"
+    ratio = value / median
+    if ratio >= 10:
+        return f"{ratio:.0f}×"
+    if ratio >= 0.5:
+        return f"{ratio:.2g}×"
+    return f"1/{1 / max(ratio, 1e-9):.0f} of"
 
 
 def _seconds(ms: float) -> str:
     return f"{ms / 1000:.1f} s" if ms >= 1000 else f"{ms:.0f} ms"
+
+
+def _share(p: float) -> str:
+    return f"{p:.1%}" if p >= 0.001 else "under 0.1%"
+
+
+__all__ = ["AnomalyDetector"]

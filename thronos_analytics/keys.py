@@ -33,7 +33,8 @@ REJECTED_STREAM_MAXLEN = 10_000
 
 # Per-session and per-wallet aggregates live in one hash per measure, keyed by the
 # session id or wallet, so training reads each measure with a single HGETALL.
-AGG_MEASURES = ("calls", "score_sum", "score_n", "credits", "mix")
+AGG_MEASURES = ("calls", "score_sum", "score_n", "credits", "mix", "uc")
+PAIR_MEASURES = ("mix", "uc")  # keyed "<id>\t<provider>" and "<id>\t<use case>"
 AGG_SCOPES = ("session", "wallet")
 SESSION_WALLET = P + "agg:session:wallet"  # HASH session -> wallet
 WALLET_SESSIONS = P + "agg:wallet:sessions"  # HASH wallet -> number of sessions
@@ -43,7 +44,7 @@ MODEL_NAMES = ("anomaly", "profiles", "recommender", "quality")
 
 
 def agg(scope: str, measure: str) -> str:
-    """``mix`` is keyed by ``"<id>\\t<provider>"``; the other measures by the id alone."""
+    """``mix`` and ``uc`` are keyed by ``"<id>\\t<provider or use case>"``; the rest by id."""
     assert scope in AGG_SCOPES and measure in AGG_MEASURES, (scope, measure)
     return f"{P}agg:{scope}:{measure}"
 

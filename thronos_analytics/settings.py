@@ -23,7 +23,7 @@ class Settings:
     ledger: Path
     redis_url: str | None
     broker_url: str | None
-    contamination: float
+    contamination: float | None
     min_train_rows: int
     window_rows: int
     batch_size: int
@@ -42,7 +42,10 @@ class Settings:
             broker_url=os.environ.get("CELERY_BROKER_URL") or redis_url,
             # Share of rows flagged: the IsolationForest threshold is this quantile of the
             # training window's scores.
-            contamination=_float("THRONOS_CONTAMINATION", 0.01),
+            # "auto": a fixed threshold on the detector's own scale instead of a quantile.
+            contamination=None
+            if os.environ.get("THRONOS_CONTAMINATION") == "auto"
+            else _float("THRONOS_CONTAMINATION", 0.01),
             min_train_rows=int(_float("THRONOS_MIN_TRAIN_ROWS", 1000)),
             window_rows=int(_float("THRONOS_WINDOW_ROWS", 200_000)),
             batch_size=int(_float("THRONOS_BATCH_SIZE", 500)),
