@@ -58,6 +58,7 @@ def read_batches(f: BinaryIO, start: Position, batch_size: int) -> Iterator[Batc
     """Parse complete lines from ``start`` on, in batches of up to ``batch_size`` lines."""
     f.seek(start.offset)
     offset, line = start.offset, start.line
+    sent_to = offset
     rows: list[Row] = []
     rejections: list[Rejection] = []
     tail = b""
@@ -74,7 +75,9 @@ def read_batches(f: BinaryIO, start: Position, batch_size: int) -> Iterator[Batc
             if len(rows) + len(rejections) >= batch_size:
                 yield Batch(rows, rejections, Position(start.inode, offset, line))
                 rows, rejections = [], []
-    if rows or rejections or offset != start.offset:
+                sent_to = offset
+    # Blank lines only still move the checkpoint; a batch that ended at the end does not.
+    if rows or rejections or offset != sent_to:
         yield Batch(rows, rejections, Position(start.inode, offset, line))
 
 

@@ -7,7 +7,9 @@ it whole or not at all, and a batch delivered twice leaves the state as it was a
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
@@ -41,15 +43,25 @@ local seen, flags, flag_stream, anomalies = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local window, pending, stats, by_provider = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local model_current, session_wallet = KEYS[9], KEYS[10]
 local wallet_sessions, wallet_session_seen = KEYS[11], KEYS[12]
--- KEYS[13..17] per session, KEYS[18..22] per wallet: calls, score_sum, score_n, credits, mix
+-- KEYS[13..18] per session, KEYS[19..24] per wallet: calls, score_sum, score_n, credits,
+-- mix (calls per provider) and uc (calls per use case)
 
 -- The aggregates of the batch's new rows are summed here and written once per session and
 -- wallet: a batch from one stretch of the ledger holds many calls of the same sessions.
 local function totals() return {order = {}, calls = {}, score_sum = {}, score_n = {},
-                                credits = {}, mix_order = {}, mix = {}} end
+                                credits = {}, mix_order = {}, mix = {},
+                                uc_order = {}, uc = {}} end
 local per_session, per_wallet = totals(), totals()
 
-local function count(t, who, provider, score, credits)
+local function tally(order, counts, pair)
+  if counts[pair] == nil then
+    order[#order + 1] = pair
+    counts[pair] = 0
+  end
+  counts[pair] = counts[pair] + 1
+end
+
+local function count(t, who, provider, use_case, score, credits)
   if t.calls[who] == nil then
     t.order[#t.order + 1] = who
     t.calls[who], t.score_sum[who], t.score_n[who], t.credits[who] = 0, 0, 0, 0
@@ -60,12 +72,8 @@ local function count(t, who, provider, score, credits)
     t.score_n[who] = t.score_n[who] + 1
   end
   t.credits[who] = t.credits[who] + tonumber(credits)
-  local pair = who .. '\\t' .. provider
-  if t.mix[pair] == nil then
-    t.mix_order[#t.mix_order + 1] = pair
-    t.mix[pair] = 0
-  end
-  t.mix[pair] = t.mix[pair] + 1
+  tally(t.mix_order, t.mix, who .. '\\t' .. provider)
+  if use_case ~= '' then tally(t.uc_order, t.uc, who .. '\\t' .. use_case) end
 end
 
 local function float(x)
@@ -84,23 +92,26 @@ local function write(t, first)
   for _, pair in ipairs(t.mix_order) do
     redis.call('HINCRBY', KEYS[first + 4], pair, t.mix[pair])
   end
+  for _, pair in ipairs(t.uc_order) do
+    redis.call('HINCRBY', KEYS[first + 5], pair, t.uc[pair])
+  end
 end
 
 local new = 0
 local wallet_of, sessions_in_order, pairs_seen = {}, {}, {}
 for _, row in ipairs(rows) do
-  local id, sid, wallet, provider, score, credits, wire =
-    row[1], row[2], row[3], row[4], row[5], row[6], row[7]
+  local id, sid, wallet, provider, score, credits, wire, use_case =
+    row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8]
   if redis.call('SADD', seen, id) == 1 then
     new = new + 1
     redis.call('XADD', window, 'MAXLEN', '~', window_max, '*', 'r', wire)
     if sid ~= '' then
-      count(per_session, sid, provider, score, credits)
+      count(per_session, sid, provider, use_case, score, credits)
       if wallet_of[sid] == nil then sessions_in_order[#sessions_in_order + 1] = sid end
       wallet_of[sid] = wallet  -- the last row's wallet wins, as with one HSET per row
     end
     if wallet ~= '' then
-      count(per_wallet, wallet, provider, score, credits)
+      count(per_wallet, wallet, provider, use_case, score, credits)
       local pair = wallet .. '\\t' .. sid
       if sid ~= '' and not pairs_seen[pair] then
         pairs_seen[pair] = true
@@ -112,7 +123,7 @@ for _, row in ipairs(rows) do
   end
 end
 write(per_session, 13)
-write(per_wallet, 18)
+write(per_wallet, 19)
 for _, sid in ipairs(sessions_in_order) do
   redis.call('HSET', session_wallet, sid, wallet_of[sid])
 end
@@ -184,6 +195,7 @@ def apply_batch(
             "" if row.score is None else repr(row.score),
             repr(row.credits_used),
             orjson.dumps(row.to_wire()).decode(),
+            row.use_case or "",
         ]
         for row in rows
     ]
@@ -306,8 +318,50 @@ def model_info(r: Redis, name: str) -> dict[str, Any] | None:
     return orjson.loads(raw) if raw else None
 
 
+@dataclass
+class _WindowRead:
+    limit: int
+    last_id: bytes
+    rows: list[Row]
+
+
+# Per process and Redis database: the rows of the window read last, and its newest entry.
+_window_reads: dict[str, _WindowRead] = {}
+_window_lock = threading.Lock()
+
+
 def window_rows(r: Redis, limit: int) -> list[Row]:
-    """The newest ``limit`` rows of the training window, oldest first."""
-    entries = r.xrevrange(keys.WINDOW, count=limit)
-    rows = [Row.from_wire(orjson.loads(fields[b"r"])) for _, fields in reversed(entries)]
-    return rows
+    """The newest ``limit`` rows of the training window, oldest first.
+
+    A refresh reads the window once per model and once more for the export. The stream only
+    grows at its end and is trimmed at its start, so when the newest entry read last time is
+    still there, the newest rows now are those read then followed by the entries added
+    since, and only those are read and parsed. Otherwise (first read, a larger ``limit``,
+    more new entries than ``limit``, or a stream that was trimmed past it or recreated) the
+    window is read whole.
+    """
+    if limit <= 0:
+        return []
+    where = repr(sorted(r.connection_pool.connection_kwargs.items()))
+    with _window_lock:
+        last = _window_reads.get(where)
+        if last is not None and limit <= last.limit:
+            pipe = r.pipeline(transaction=False)
+            pipe.xrange(keys.WINDOW, min=last.last_id, max=last.last_id)
+            pipe.xrange(keys.WINDOW, min=b"(" + last.last_id, count=limit + 1)
+            pipe.xlen(keys.WINDOW)
+            still_there, added, length = pipe.execute()
+            if still_there and len(added) <= limit:
+                if added:
+                    new_rows = [Row.from_wire(orjson.loads(f[b"r"])) for _, f in added]
+                    last.rows = (last.rows + new_rows)[-last.limit :]
+                    last.last_id = added[-1][0]
+                # A new list (callers may change it), without what was trimmed meanwhile.
+                return last.rows[-min(limit, length) :]
+        entries = r.xrevrange(keys.WINDOW, count=limit)
+        rows = [Row.from_wire(orjson.loads(fields[b"r"])) for _, fields in reversed(entries)]
+        if entries:
+            _window_reads[where] = _WindowRead(limit, entries[0][0], rows)
+        else:
+            _window_reads.pop(where, None)
+        return list(rows)
