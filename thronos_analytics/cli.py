@@ -12,14 +12,26 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
+import rich
 import typer
-from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
-from thronos_analytics import keys
+from thronos_analytics import keys, logs
 from thronos_analytics.settings import settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-console = Console(stderr=True)
+# One console, on stderr, shared with every rich display (the backfill's progress bar
+# included): stdout carries only a command's own output, and two displays never fight.
+rich.reconfigure(stderr=True)
+console = rich.get_console()
+log = logging.getLogger("thronos.cli")
 DEMO_ROWS = 20_000
 
 LedgerOpt = Annotated[Path | None, typer.Option(help="ledger file [env THRONOS_LEDGER]")]
@@ -32,6 +44,69 @@ def _use_ledger(ledger: Path | None) -> None:
 
 def _print_json(value: Any) -> None:
     sys.stdout.buffer.write(orjson.dumps(value, option=orjson.OPT_INDENT_2) + b"\n")
+    sys.stdout.flush()
+
+
+def _progress() -> Progress:
+    """A progress display on the terminal; nothing at all when stderr is not one."""
+    return Progress(
+        SpinnerColumn(),
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal,
+        transient=True,
+    )
+
+
+def _write_ledger(cfg: Any, out: Path, truth: Path | None = None) -> dict:
+    from analytics.simulate import write
+
+    lines = cfg.rows + int(round(cfg.bad_rate * cfg.rows))
+    with _progress() as progress:
+        task = progress.add_task(f"writing {out}", total=lines)
+        return write(cfg, out, truth, progress=lambda n: progress.update(task, completed=n))
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
+def _drain(config: Any, redis_url: str) -> dict:
+    """``drain``, with bars for rows ingested and flagged when on a terminal."""
+    from thronos_analytics import store
+    from thronos_analytics.drain import drain
+
+    if not console.is_terminal:
+        return drain(config, redis_url)
+    r = store.connect(redis_url)
+    lines = _count_lines(config.ledger)
+    before = store.counts(r)
+    finished = threading.Event()
+    with _progress() as progress:
+        ingested = progress.add_task("new rows ingested", total=lines)
+        flagged = progress.add_task("new rows flagged", total=lines)
+
+        def poll() -> None:
+            while not finished.wait(0.25):
+                now = store.counts(r)
+                for task, key in (
+                    (ingested, "interactions_seen"),
+                    (flagged, "interactions_scored"),
+                ):
+                    progress.update(task, completed=now[key] - before[key])
+
+        thread = threading.Thread(target=poll, name="drain-progress", daemon=True)
+        thread.start()
+        try:
+            return drain(config, redis_url)
+        finally:
+            finished.set()
+            thread.join()
 
 
 @app.command()
@@ -51,8 +126,8 @@ def run(
 
     _use_ledger(ledger)
     config = settings()
-    if flower and not os.environ.get("FLOWER_BASIC_AUTH") and not flower_no_auth:
-        raise typer.BadParameter("set FLOWER_BASIC_AUTH=user:password, or pass --flower-no-auth")
+    if flower:
+        _check_flower_auth("--flower-no-auth", flower_no_auth)
     if demo and (not config.ledger.exists() or config.ledger.stat().st_size == 0):
         _seed_demo(config.ledger)
     stack = Stack(
@@ -62,11 +137,10 @@ def run(
         # Train on the whole ledger before scoring it, instead of on its first rows.
         stack.env["THRONOS_MIN_TRAIN_ROWS"] = str(10**12)
     with stack:
+        if flower:
+            _print_flower(flower_port)
         if drain:
-            from thronos_analytics.drain import drain as drain_ledger
-
-            summary = drain_ledger(config, stack.redis_url)
-            _print_json(summary)
+            _print_json(_drain(config, stack.redis_url))
             return
         _serve(config, stack)
 
@@ -111,13 +185,13 @@ def _serve(config: Any, stack: Any) -> None:
 
 
 def _seed_demo(ledger: Path) -> None:
-    from analytics.simulate import SimConfig, write
+    from analytics.simulate import SimConfig
 
     console.print(
         f"[yellow]{ledger} is empty: writing a DEMO ledger of {DEMO_ROWS:,} simulated "
         "interactions (not real data)[/]"
     )
-    write(SimConfig(rows=DEMO_ROWS, seed=0, bad_rate=0.001), ledger)
+    _write_ledger(SimConfig(rows=DEMO_ROWS, seed=0, bad_rate=0.001), ledger)
 
 
 @app.command()
@@ -129,10 +203,9 @@ def simulate(
     bad_rate: Annotated[float, typer.Option(help="share of malformed lines")] = 0.001,
 ) -> None:
     """Write a realistic synthetic ledger with planted personas, anomalies and a quality drop."""
-    from analytics.simulate import SimConfig, write
+    from analytics.simulate import SimConfig
 
-    summary = write(SimConfig(rows=rows, seed=seed, bad_rate=bad_rate), out, truth)
-    _print_json(summary)
+    _print_json(_write_ledger(SimConfig(rows=rows, seed=seed, bad_rate=bad_rate), out, truth))
 
 
 @app.command()
@@ -209,14 +282,43 @@ def recommend(
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts")] = False,
 ) -> None:
-    """Rows seen, scored and rejected, queue depth, models and their ages, last export."""
+    """One screen: throughput, lag, backlog, rejections, anomaly rate, models, last export."""
     from thronos_analytics import store
-    from workers.queues import QUEUES
 
-    r = store.connect()
+    report = _status_report(store.connect())
+    if as_json:
+        _print_json(report)
+        return
+    _print_status(report)
+
+
+# Throughput is counted from the newest entries of the flag stream, whose ids are the
+# milliseconds they were added at; beyond this many in a minute it is extrapolated.
+THROUGHPUT_SAMPLE = 2000
+
+
+def _status_report(r: Any) -> dict[str, Any]:
+    from thronos_analytics import store
+    from thronos_analytics.metrics import LAG_BUCKETS
+
     now = time.time()
     report: dict[str, Any] = store.counts(r)
-    report["queues"] = {q.name: r.llen(q.name) for q in QUEUES}
+    report["queues"] = _queue_depths(r)
+    report["backlog"] = {
+        "queued_messages": sum(report["queues"].values()),
+        "rows_waiting_for_a_model": report["pending"],
+    }
+    report["throughput"] = _throughput(r, now)
+    report["lag"] = _lag_summary(r, LAG_BUCKETS)
+    scored = report["interactions_scored"]
+    by_provider = {k.decode(): int(v) for k, v in r.hgetall(keys.ANOMALIES_BY_PROVIDER).items()}
+    report["anomaly_rate"] = {
+        "overall": round(report["anomalies"] / scored, 5) if scored else None,
+        "recent": report["throughput"].pop("recent_anomaly_rate"),
+        "by_provider": dict(sorted(by_provider.items(), key=lambda kv: -kv[1])),
+    }
+    last = r.xrevrange(keys.REJECTED_STREAM, count=1)
+    report["last_rejection"] = orjson.loads(last[0][1][b"r"]) if last else None
     report["models"] = {}
     for name in keys.MODEL_NAMES:
         info = store.model_info(r, name) or {}
@@ -227,30 +329,188 @@ def status(
             "n_samples": info.get("n_samples"),
             "last_failure": orjson.loads(failure) if failure else None,
         }
+    report["warnings"] = [orjson.loads(v).get("message", "") for v in r.hvals(keys.WARNINGS)]
     report["last_export"] = {k.decode(): v.decode() for k, v in r.hgetall(keys.EXPORT).items()}
-    if as_json:
-        _print_json(report)
-        return
-    for key in (
-        "interactions_seen",
-        "interactions_scored",
-        "interactions_rejected",
-        "anomalies",
-        "pending",
-    ):
-        print(f"{key.replace('_', ' '):<24}{report[key]:>12,}")
+    generated = report["last_export"].get("generated_at")
+    report["last_export_age_s"] = round(now - float(generated), 1) if generated else None
+    return report
+
+
+def _queue_depths(r: Any) -> dict[str, int]:
+    """Messages waiting per queue, asked of the broker (Redis or RabbitMQ)."""
+    from workers.queues import QUEUES
+
+    if not (settings().broker_url or "").startswith(("amqp", "pyamqp")):
+        return {q.name: r.llen(q.name) for q in QUEUES}
+    from workers.celery_app import app as celery_app
+
+    depths = {}
+    with celery_app.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1)
+        channel = connection.default_channel
+        for q in QUEUES:
+            try:
+                depths[q.name] = channel.queue_declare(q.name, passive=True).message_count
+            except Exception:  # not declared yet: no worker has started
+                channel = connection.channel()
+                depths[q.name] = 0
+    return depths
+
+
+def _throughput(r: Any, now: float) -> dict[str, Any]:
+    latest = r.xrevrange(keys.FLAG_STREAM, count=THROUGHPUT_SAMPLE)
+    stamps = [int(entry_id.split(b"-")[0]) / 1000 for entry_id, _ in latest]
+    last_minute = sum(stamp >= now - 60 for stamp in stamps)
+    # The whole sample is from the last minute: extrapolate from the time it spans.
+    estimated = len(stamps) == THROUGHPUT_SAMPLE and last_minute == len(stamps)
+    if estimated:
+        last_minute = int(len(stamps) / max(stamps[0] - stamps[-1], 0.001) * 60)
+    flags = [orjson.loads(fields[b"f"]) for _, fields in latest]
+    return {
+        "rows_scored_last_minute": last_minute,
+        "rows_per_s": round(last_minute / 60, 1),
+        "estimated": estimated,
+        "last_flag_age_s": round(now - stamps[0], 1) if stamps else None,
+        "recent_anomaly_rate": (
+            round(sum(bool(f.get("is_anomaly")) for f in flags) / len(flags), 5) if flags else None
+        ),
+    }
+
+
+def _lag_summary(r: Any, buckets: tuple[float, ...]) -> dict[str, Any]:
+    """Count, mean and bucket-bound quantiles of the ledger-write-to-flag lag."""
+    raw = {k.decode(): float(v) for k, v in r.hgetall(keys.LAG_HISTOGRAM).items()}
+    bounds = [*map(str, buckets), "+Inf"]
+    count = sum(raw.get(b, 0.0) for b in bounds)
+    summary: dict[str, Any] = {"count": int(count), "mean_s": None, "p50_le_s": None}
+    summary["p95_le_s"] = None
+    if not count:
+        return summary
+    summary["mean_s"] = round(raw.get("sum", 0.0) / count, 4)
+    for q in (50, 95):
+        cumulative = 0.0
+        for bound in bounds:
+            cumulative += raw.get(bound, 0.0)
+            if cumulative >= count * q / 100:
+                summary[f"p{q}_le_s"] = float(bound) if bound != "+Inf" else None
+                summary[f"p{q}_over_s"] = buckets[-1] if bound == "+Inf" else None
+                break
+    return summary
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.3g}s"
+
+
+def _age(seconds: float | None) -> str:
+    return "never" if seconds is None else f"{_duration(seconds)} ago"
+
+
+def _lag_text(lag: dict[str, Any], q: int) -> str:
+    if lag.get(f"p{q}_le_s") is not None:
+        return f"≤ {lag[f'p{q}_le_s']:g} s"
+    if lag.get(f"p{q}_over_s") is not None:
+        return f"> {lag[f'p{q}_over_s']:g} s"
+    return "–"
+
+
+def _print_status(report: dict[str, Any]) -> None:
+    from rich.columns import Columns
+    from rich.console import Console, Group
+    from rich.panel import Panel
+    from rich.table import Table
+
+    out = Console()
+    rate = report["anomaly_rate"]
+    throughput = report["throughput"]
+    lag = report["lag"]
+
+    def grid() -> Table:
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold")
+        table.add_column(justify="right")
+        table.add_column(style="dim")
+        return table
+
+    flow = grid()
+    flow.add_row("rows seen", f"{report['interactions_seen']:,}", "")
+    flow.add_row("rows scored", f"{report['interactions_scored']:,}", "")
+    approx = "≈" if throughput["estimated"] else ""
+    flow.add_row(
+        "throughput",
+        f"{approx}{throughput['rows_scored_last_minute']:,}/min",
+        f"last flag {_age(throughput['last_flag_age_s'])}",
+    )
+    flow.add_row(
+        "lag p50 / p95",
+        f"{_lag_text(lag, 50)} / {_lag_text(lag, 95)}",
+        f"mean {_duration(lag['mean_s'])}" if lag["mean_s"] is not None else "no rows yet",
+    )
+    rejected_style = "yellow" if report["interactions_rejected"] else ""
+    reason = (report["last_rejection"] or {}).get("reason", "")
+    flow.add_row(
+        "rejected",
+        f"[{rejected_style}]{report['interactions_rejected']:,}[/]" if rejected_style else "0",
+        f"last: {reason[:40]}" if reason else "",
+    )
+
+    def pct(x: float | None) -> str:
+        return "–" if x is None else f"{x:.2%}"
+
+    top = ", ".join(f"{p} {n:,}" for p, n in list(rate["by_provider"].items())[:3])
+    flow.add_row(
+        "anomaly rate",
+        pct(rate["overall"]),
+        f"last {THROUGHPUT_SAMPLE:,} rows {pct(rate['recent'])}",
+    )
+    flow.add_row("anomalies", f"{report['anomalies']:,}", top)
+
+    backlog = grid()
     for queue, depth in report["queues"].items():
-        print(f"queue {queue:<18}{depth:>12,}")
+        backlog.add_row(f"queue {queue}", f"[yellow]{depth:,}[/]" if depth else "0", "messages")
+    backlog.add_row("waiting for model", f"{report['pending']:,}", "rows")
+
+    models = Table(box=None, padding=(0, 1), show_edge=False)
+    for column in ("model", "version", "age", "rows"):
+        models.add_column(column, justify="right" if column in ("age", "rows") else "left")
+    failures = []
     for name, model in report["models"].items():
-        age = "never trained" if model["age_s"] is None else f"{model['age_s']:.0f}s old"
-        failed = (
-            "  LAST RETRAIN FAILED: " + model["last_failure"]["error"]
-            if model["last_failure"]
-            else ""
+        n = model["n_samples"]
+        models.add_row(
+            name,
+            model["version"] or "[yellow]never trained[/]",
+            _age(model["age_s"]) if model["age_s"] is not None else "–",
+            f"{n:,}" if n is not None else "–",
         )
-        print(f"model {name:<18}{age:>12}  {model['version'] or ''}{failed}")
+        if model["last_failure"]:
+            error = model["last_failure"].get("error", "")
+            failures.append(f"[red]{name}: last retrain failed: {error[:70]}[/]")
+
     export = report["last_export"]
-    print(f"last export             {export.get('path', 'none')}")
+    export_line = (
+        f"{export['path']}  ({_age(report['last_export_age_s'])}, "
+        f"{float(export.get('duration_s', 0)):.2f} s)"
+        if export
+        else "[yellow]no export yet[/]"
+    )
+    footer = [f"[bold]last export[/]  {export_line}", *failures]
+    footer += [f"[yellow]warning[/] {w}" for w in report["warnings"][:3]]
+    if len(report["warnings"]) > 3:
+        footer.append(f"[yellow]… {len(report['warnings']) - 3} more warnings[/]")
+    out.print(
+        Columns(
+            [
+                Panel(flow, title="pipeline", expand=False),
+                Panel(Group(backlog), title="backlog", expand=False),
+                Panel(models, title="models", expand=False),
+            ]
+        )
+    )
+    for line in footer:
+        out.print(line, overflow="fold")
 
 
 @app.command()
@@ -306,8 +566,8 @@ def flower(
     """Flower, with basic auth from FLOWER_BASIC_AUTH (user:password)."""
     from thronos_analytics.stack import celery_command
 
-    if not os.environ.get("FLOWER_BASIC_AUTH") and not no_auth:
-        raise typer.BadParameter("set FLOWER_BASIC_AUTH=user:password, or pass --no-auth")
+    _check_flower_auth("--no-auth", no_auth)
+    _print_flower(port)
     command = celery_command("flower", f"--port={port}")
     os.execv(command[0], command)
 
@@ -327,8 +587,33 @@ def metrics(port: Annotated[int, typer.Option()] = 9108) -> None:
         threading.Event().wait()
 
 
+def _check_flower_auth(no_auth_flag: str, no_auth: bool) -> None:
+    """Flower reads FLOWER_BASIC_AUTH itself; refuse to start it open by accident."""
+    logins = os.environ.get("FLOWER_BASIC_AUTH", "")
+    if not logins:
+        if no_auth:
+            console.print("[yellow]Flower without a login: anyone who reaches the port sees it[/]")
+            return
+        raise typer.BadParameter(
+            f"Flower needs a login: set FLOWER_BASIC_AUTH=user:password, or pass {no_auth_flag}"
+        )
+    for login in logins.split(","):
+        user, _, password = login.partition(":")
+        if not user or not password:
+            raise typer.BadParameter(
+                "FLOWER_BASIC_AUTH must be user:password (several separated by commas); "
+                f"got an entry without {'a user' if not user else 'a password'}"
+            )
+
+
+def _print_flower(port: int) -> None:
+    user = os.environ.get("FLOWER_BASIC_AUTH", "").partition(":")[0]
+    login = f" (login {user!r} from FLOWER_BASIC_AUTH)" if user else ""
+    console.print(f"  flower:    http://127.0.0.1:{port}/{login}")
+
+
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.setup(logging.INFO)
     app()
 
 

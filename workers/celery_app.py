@@ -2,8 +2,9 @@
 
 from celery import Celery
 
+import thronos_analytics.logs  # noqa: F401  (structured logs with task context, via signals)
 from thronos_analytics.settings import settings
-from workers.queues import QUEUES, ROUTES
+from workers.queues import ROUTES, SCORING, queues_for
 from workers.schedule import beat_schedule
 
 config = settings()
@@ -16,8 +17,8 @@ app.conf.update(
     result_serializer="json",
     accept_content=["json"],
     task_ignore_result=True,
-    task_queues=QUEUES,
-    task_default_queue=QUEUES[0].name,
+    task_queues=queues_for(config.broker_url),
+    task_default_queue=SCORING,
     task_routes=ROUTES,
     beat_schedule=beat_schedule(),
     beat_scheduler="workers.beat:LockedScheduler",

@@ -2,7 +2,8 @@
 
 The file is written to a temporary file in the same directory, flushed to disk and renamed
 over the old one, so a reader sees the old export or the new one, never half of either.
-Its contract is ``workers/ai_analytics.schema.json``.
+Its contract is ``workers/ai_analytics.schema.json``. ``ai_analytics.html`` beside it is the
+same export as a page for people (``workers/report.py``), written the same way.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import orjson
 
 from analytics.recommend import rank, suggestions
 from thronos_analytics import keys, store
+from thronos_analytics.settings import settings
+from workers import report
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("ai_analytics.schema.json")
@@ -71,8 +74,13 @@ def write_analytics(r: store.Redis, path: Path) -> dict[str, Any]:
     started = time.perf_counter()
     document = build_analytics(r)
     write_atomically(path, orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY))
+    # The score trend is for the page only: the training window holds the rows it needs.
+    trend = report.score_trend(store.window_rows(r, settings().window_rows))
+    html_path = path.with_suffix(".html")
+    write_atomically(html_path, report.render(document, trend).encode())
     summary = {
         "path": str(path),
+        "html_path": str(html_path),
         "generated_at": document["generated_at"],
         "duration_s": round(time.perf_counter() - started, 3),
         **document["stats"],

@@ -7,6 +7,13 @@ TRAINING = "training"  # retrains and the export: long tasks, never ahead of a f
 
 QUEUES = (Queue(SCORING), Queue(TRAINING))
 
+
+def queues_for(broker_url: str | None) -> tuple[Queue, ...]:
+    """On RabbitMQ, quorum queues: replicated, and safe across a broker node's loss."""
+    if (broker_url or "").startswith(("amqp", "pyamqp", "amqps")):
+        return tuple(Queue(q.name, queue_arguments={"x-queue-type": "quorum"}) for q in QUEUES)
+    return QUEUES
+
 ROUTES = {
     "thronos.score_batch": {"queue": SCORING},
     "thronos.retrain_*": {"queue": TRAINING},
