@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -70,7 +70,8 @@ class Row:
         Workers read it back with :meth:`from_wire`, which is :func:`normalise`, so the
         same contract is enforced on both sides and ``from_wire(to_wire(r)) == r``.
         """
-        wire = {k: v for k, v in asdict(self).items() if v is not None}
+        # getattr rather than asdict: asdict deep-copies, ten times slower on the hot path.
+        wire = {k: v for k in _FIELDS if (v := getattr(self, k)) is not None}
         meta = {
             "latency_ms": wire.pop("latency_ms", None),
             "output_chars": wire.pop("output_len", None),
@@ -82,6 +83,9 @@ class Row:
     @classmethod
     def from_wire(cls, data: Any) -> Row:
         return normalise(data)
+
+
+_FIELDS = tuple(f.name for f in fields(Row))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,8 @@
 """Celery tasks. Each is thin: read arguments, call the plain function that does the work.
 
+Training and export code (pandas, scikit-learn) is imported inside the tasks that use it,
+so a process that only scores never loads it.
+
 Task names are part of the message format (see tests/test_task_names.py): rename one and
 messages already queued under the old name are lost.
 """
@@ -14,7 +17,7 @@ from celery.signals import worker_process_init
 
 from thronos_analytics import keys, store
 from thronos_analytics.settings import settings
-from workers import export, scoring, training
+from workers import scoring
 from workers.celery_app import app
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,8 @@ def send_rows(rows: list[dict]) -> None:
 
 @app.task(name="thronos.retrain_anomaly", ignore_result=False)
 def retrain_anomaly(force: bool = False) -> dict[str, Any]:
+    from workers import training
+
     r = store.connect()
     result = training.retrain(r, "anomaly", lambda: training.fit_anomaly(r, force))
     if "version" in result:
@@ -60,24 +65,32 @@ def retrain_anomaly(force: bool = False) -> dict[str, Any]:
 
 @app.task(name="thronos.retrain_profiles", ignore_result=False)
 def retrain_profiles() -> dict[str, Any]:
+    from workers import training
+
     r = store.connect()
     return training.retrain(r, "profiles", lambda: training.fit_profiles_model(r))
 
 
 @app.task(name="thronos.retrain_recommender", ignore_result=False)
 def retrain_recommender() -> dict[str, Any]:
+    from workers import training
+
     r = store.connect()
     return training.retrain(r, "recommender", lambda: training.fit_recommender_model(r))
 
 
 @app.task(name="thronos.detect_quality_drops", ignore_result=False)
 def detect_quality_drops() -> dict[str, Any]:
+    from workers import training
+
     r = store.connect()
     return training.retrain(r, "quality", lambda: training.fit_quality_model(r))
 
 
 @app.task(name="thronos.write_analytics", ignore_result=False)
 def write_analytics(retrains: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    from workers import export
+
     summary = export.write_analytics(store.connect(), settings().analytics_json)
     return {**summary, "retrains": retrains or []}
 
