@@ -79,7 +79,10 @@ class Workers:
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            replies = app.control.ping(timeout=0.5) or []
+            try:
+                replies = app.control.ping(timeout=0.5) or []
+            except Exception:  # a connection left stale by a Redis restart: ping again
+                continue
             names = {name.split("@")[0] for reply in replies for name in reply}
             if set(self.processes) <= names:
                 return
