@@ -245,7 +245,7 @@ def run(seeds: list[int], sizes: list[int], pipeline_seeds: list[int]) -> str:
             "`profiles`):\n\n| measure | value |\n|---|---|\n"
             f"| is_anomaly precision | {_mean(p['precision'] for p in pipe):.3f} |\n"
             f"| is_anomaly recall | {_mean(p['recall'] for p in pipe):.3f} |\n"
-            f"| session ARI (Redis aggregates as the workers pass them today) | "
+            f"| session ARI (pipeline: Redis aggregates with use-case mix and wallet) | "
             f"{_mean(p['ari'] for p in pipe):.3f} |\n"
             f"| warnings raised | {', '.join(sorted({k for p in pipe for k in p['warnings']}))} |\n"
             f"| drain wall time | {_mean(p['seconds'] for p in pipe):.0f} s |\n"
@@ -285,7 +285,7 @@ def table(rows_n: int, seeds: list[int], results: list[dict]) -> str:
 | is_anomaly recall (contamination 0.01) | ≥ 0.90 | {m("anomaly.recall"):.3f} | {m("anomaly.plain_recall"):.3f} |
 | precision / recall, contamination=None (auto) | ≥ 0.90 | {m("anomaly.auto_precision"):.3f} / {m("anomaly.auto_recall"):.3f} | |
 | session ARI vs planted personas | ≥ 0.90 | {m("profiles.ari"):.3f} (k={m("profiles.k"):.1f}) | {m("profiles.plain_ari"):.3f} (KMeans k=4, spec features) |
-| session ARI, Redis aggregates only (no use case, no wallet) | | {m("profiles.ari_redis_aggregates"):.3f} | |
+| session ARI, spec measures only (no use-case mix, no wallet) | | {m("profiles.ari_redis_aggregates"):.3f} | |
 | persona label kept across two retrains | 100% | {m("profiles.stable"):.0%} | |
 | wallets with a profile | 100% | {m("profiles.wallets_profiled"):.0%} | |
 | top-1 = true best, (wallet, use case) cells ≥ 30 rows | ≥ 95% | {m("recommend.top1"):.1%} ({m("recommend.cells"):.0f} cells) | {m("recommend.spec_top1"):.1%} (LogisticRegression) |
