@@ -2,9 +2,12 @@
 
 The spec's model, a classifier ``use_case -> provider``, learns which provider people
 *used*. It is kept as ``popularity``, a prior and a baseline. The ranking itself is by
-expected score: the mean score of (use case, provider), and per wallet the wallet's own
-mean shrunk toward it, ``(n·mean_wallet + K·mean_global) / (n + K)``, so a wallet with
-little data gets the global answer. Latency and cost budgets filter candidates on their
+expected score: the mean score of (use case, provider), plus, per wallet, how much better
+or worse that provider does *for this wallet* than for everyone. That offset is the mean of
+the wallet's residuals with the provider over all its use cases (more rows than any one
+cell has), shrunk toward zero as ``n / (n + K)``: a wallet with little data gets the global
+answer. K is the ratio of the residual noise to the spread of true offsets, both estimated
+from the data (empirical Bayes). Latency and cost budgets filter candidates on their
 median latency and mean credits.
 """
 
@@ -17,6 +20,9 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
 SHRINKAGE = 20.0
+# K never falls below this: a handful of calls never outweighs everyone's, however
+# spread out the offsets seem.
+MIN_SHRINKAGE = 5.0
 MIN_CELL_ROWS = 5
 # Weights are a softmax of expected score; at this temperature a 0.05 lead is e-fold.
 TEMPERATURE = 0.05
@@ -56,7 +62,36 @@ def fit_recommender(rows: pd.DataFrame) -> dict[str, Any]:
                 "score": round(float(cell["mean"]), 4),
                 "n": int(cell["size"]),
             }
-    return {"shrinkage": SHRINKAGE, "use_cases": table, "wallets": wallets}
+    offsets, shrinkage = _wallet_offsets(scored, cells["score"])
+    return {"shrinkage": shrinkage, "use_cases": table, "wallets": wallets, "offsets": offsets}
+
+
+def _wallet_offsets(scored: pd.DataFrame, cell_score: pd.Series) -> tuple[dict[str, Any], float]:
+    """Per (wallet, provider): mean residual against the cell means, its n, and K."""
+    scored = scored.dropna(subset=["wallet"])
+    if scored.empty:
+        return {}, SHRINKAGE
+    expected = cell_score.reindex(pd.MultiIndex.from_frame(scored[["use_case", "provider"]]))
+    residual = scored["score"].to_numpy() - expected.to_numpy()
+    frame = pd.DataFrame(
+        {
+            "wallet": scored["wallet"].to_numpy(),
+            "provider": scored["provider"].to_numpy(),
+            "residual": residual,
+        }
+    )
+    groups = frame.groupby(["wallet", "provider"])["residual"].agg(["mean", "size"])
+    noise = float(np.nanvar(residual))
+    # Spread of true offsets = spread of the means minus what their noise alone explains.
+    true_var = float(np.nanvar(groups["mean"]) - np.mean(noise / groups["size"]))
+    shrinkage = float(np.clip(noise / true_var, MIN_SHRINKAGE, 1000.0)) if true_var > 0 else 1000.0
+    offsets: dict[str, Any] = {}
+    for (wallet, provider), group in groups.iterrows():
+        offsets.setdefault(wallet, {})[provider] = {
+            "offset": round(float(group["mean"]), 4),
+            "n": int(group["size"]),
+        }
+    return offsets, round(shrinkage, 2)
 
 
 def rank(
@@ -78,7 +113,10 @@ def rank(
         if max_credits is not None and (cell["credits"] or 0) > max_credits:
             continue
         own = mine.get(provider, {"score": 0.0, "n": 0})
-        expected = (own["n"] * own["score"] + k * cell["score"]) / (own["n"] + k)
+        offset = model.get("offsets", {}).get(wallet, {}).get(provider) if wallet else None
+        expected = cell["score"]
+        if offset:
+            expected += offset["n"] * offset["offset"] / (offset["n"] + k)
         candidates.append((expected, provider, cell, own))
     candidates.sort(key=lambda c: (-c[0], c[1]))
     if not candidates:
