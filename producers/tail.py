@@ -21,8 +21,8 @@ from typing import BinaryIO
 import orjson
 
 from analytics.contract import Rejection, Row, parse_line
+from thronos_analytics.atomic_file import write_atomically
 from thronos_analytics.settings import settings
-from workers.export import write_atomically
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 1 << 22

@@ -300,7 +300,7 @@ def test_disk_full_gives_a_clear_error_and_never_a_half_line(tmp_path):
 
 def test_unwritable_data_dir_names_the_path(tmp_path):
     from producers.ai_ledger import Ledger, LedgerWriteError
-    from workers.export import write_atomically
+    from thronos_analytics.atomic_file import write_atomically
 
     blocker = tmp_path / "data"
     blocker.write_text("a file where the data dir should be")

@@ -8,8 +8,6 @@ same export as a page for people (``workers/report.py``), written the same way.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import orjson
 
 from analytics.recommend import rank, suggestions
 from thronos_analytics import keys, store
+from thronos_analytics.atomic_file import write_atomically
 from thronos_analytics.settings import settings
 from workers import report
 
@@ -87,20 +86,6 @@ def write_analytics(r: store.Redis, path: Path) -> dict[str, Any]:
     }
     r.hset(keys.EXPORT, mapping={k: str(v) for k, v in summary.items()})
     return summary
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _model_json(r: store.Redis, name: str) -> Any:

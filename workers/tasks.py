@@ -21,7 +21,6 @@ from workers import scoring
 from workers.celery_app import app
 
 log = logging.getLogger(__name__)
-RETRAINS = ("anomaly", "profiles", "recommender", "quality")
 
 
 @worker_process_init.connect
@@ -103,7 +102,7 @@ TASKS = {
 }
 
 
-def refresh_signature(models: tuple[str, ...] = RETRAINS, force: bool = False) -> Any:
+def refresh_signature(models: tuple[str, ...] = keys.MODEL_NAMES, force: bool = False) -> Any:
     """Retrain ``models`` in parallel, then write the export once all have finished."""
     header = [TASKS[m].si(force) if m == "anomaly" else TASKS[m].si() for m in models]
     return chord(header, write_analytics.s())
