@@ -43,7 +43,6 @@ class Outbox:
         self.send = send
         self.batch_size = batch_size
         self.linger = linger_ms / 1000.0
-        self.max_rows = max_rows
         self.rows: deque[Row] = deque(maxlen=max_rows)
         self.dropped = 0
         self.in_flight = 0
@@ -103,7 +102,7 @@ class Outbox:
                 with self.ready:
                     # Put the batch back in front; on a full deque extendleft pushes the
                     # newest rows out of the other end, so count them as dropped too.
-                    self.dropped += max(0, len(self.rows) + len(batch) - self.max_rows)
+                    self.dropped += max(0, len(self.rows) + len(batch) - (self.rows.maxlen or 0))
                     self.rows.extendleft(reversed(batch))
                     self.in_flight = 0
                 time.sleep(backoff)

@@ -145,16 +145,22 @@ def run(
         _serve(config, stack)
 
 
-def _serve(config: Any, stack: Any) -> None:
+def _ledger_tail(config: Any, r: Any) -> Any:
+    """The tail producer on the configured ledger: rows to scoring, bad lines to dead letters."""
     from producers.dead_letter import DeadLetter
     from producers.emit import send_batch
     from producers.tail import TailProducer
+
+    dead_letter = DeadLetter(config.rejected_file, config.ledger.name, r)
+    return TailProducer(config.ledger, send_batch, dead_letter.record, config.batch_size)
+
+
+def _serve(config: Any, stack: Any) -> None:
     from thronos_analytics import store
     from workers.tasks import refresh_signature
 
     r = store.connect(stack.redis_url)
-    dead_letter = DeadLetter(config.rejected_file, config.ledger.name, r)
-    tail = TailProducer(config.ledger, send_batch, dead_letter.record, config.batch_size)
+    tail = _ledger_tail(config, r)
     thread = threading.Thread(target=tail.run, name="tail", daemon=True)
     thread.start()
     console.print(f"[bold]Thronos analytics[/] on {config.ledger} (Redis {stack.redis_url})")
@@ -234,15 +240,11 @@ def backfill(path: Annotated[Path, typer.Argument(help="ledger file to replay")]
 @app.command()
 def tail(ledger: LedgerOpt = None) -> None:
     """Follow a ledger that another program writes, from a durable checkpoint."""
-    from producers.dead_letter import DeadLetter
-    from producers.emit import send_batch
-    from producers.tail import TailProducer
     from thronos_analytics import store
 
     _use_ledger(ledger)
     config = settings()
-    dead_letter = DeadLetter(config.rejected_file, config.ledger.name, store.connect())
-    producer = TailProducer(config.ledger, send_batch, dead_letter.record, config.batch_size)
+    producer = _ledger_tail(config, store.connect())
     with contextlib.suppress(KeyboardInterrupt):
         producer.run()
 
