@@ -8,6 +8,8 @@ from workers.queues import ROUTES, SCORING, queues_for
 from workers.schedule import beat_schedule
 
 config = settings()
+# Sweep for messages of dead workers often enough to honour the visibility timeout.
+restore_every = max(1, min(10, int(config.visibility_timeout / 2)))
 app = Celery("thronos", include=["workers.tasks"])
 app.conf.update(
     broker_url=config.broker_url,
@@ -28,9 +30,11 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     broker_transport_options={
         "visibility_timeout": config.visibility_timeout,
-        # Sweep for messages of dead workers often enough to honour the timeout.
-        "unacked_restore_interval": max(1, min(10, int(config.visibility_timeout / 2))),
+        "unacked_restore_interval": restore_every,
         "unacked_restore_throttle": 1,
+        # The sweep's lock outlives a worker killed while holding it; kombu's default of
+        # 300 s would hold back every redelivery that long.
+        "unacked_mutex_expire": 3 * restore_every,
         # A publish to a broker that vanished without closing the socket must not hang.
         "socket_timeout": 30,
         "socket_connect_timeout": 5,
