@@ -264,7 +264,7 @@ def train_first_model(r: Any, path: Path, timeout: float) -> None:
 
 def retrain_and_export(r: Any, out: Path) -> dict[str, Any]:
     """Each retrain as beat's chord runs it, but one after another, then the export."""
-    from thronos_analytics import keys, store
+    from thronos_analytics import store
     from thronos_analytics.settings import settings
     from workers import export, training
 
@@ -287,7 +287,7 @@ def retrain_and_export(r: Any, out: Path) -> dict[str, Any]:
     timings["export"] = {"s": round(time.perf_counter() - t, 2)}
     timings["total_s"] = round(time.perf_counter() - started, 2)
     timings["ledger_rows"] = store.counts(r)["interactions_seen"]
-    timings["window_rows"] = r.xlen(keys.WINDOW)
+    timings["window_rows"] = len(store.window_rows(r, settings().window_rows))
     timings["window_setting"] = settings().window_rows
     timings["export_bytes"] = out.stat().st_size
     timings["anomalies_exported"] = summary.get("anomalies")
@@ -372,11 +372,11 @@ def near_real_time(r: Any, directory: Path, rate: int, seconds: float) -> dict[s
         client = redis.Redis(connection_pool=r.connection_pool)
         cursor = start_id
         while not stop.is_set():
-            reply = client.xread({keys.FLAG_STREAM: cursor}, block=50, count=10_000)
+            reply = client.xread({keys.FLAG_STREAM: cursor}, block=50, count=1000)
             now = time.time()
             for _, entries in reply or ():
                 for entry_id, fields in entries:
-                    arrived[orjson.loads(fields[b"f"])["id"]] = now
+                    arrived.update((flag["id"], now) for flag in orjson.loads(fields[b"f"]))
                     cursor = entry_id
 
     listener = threading.Thread(target=listen, daemon=True)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
 from analytics.contract import Row, parse_line
 from thronos_analytics import keys
+from workers.queues import SCORING
 
 
 def ledger_rows(ledger: Path) -> list[Row]:
@@ -54,3 +57,20 @@ def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
     return value
+
+
+def assert_published_once(r, n: int) -> None:
+    """Each of the ``n`` flags was published once: the script counts a flag only when it is
+    new, and the flag stream holds no id twice."""
+    assert int(r.hget(keys.STATS, "scored") or 0) == r.hlen(keys.FLAGS) == n
+    streamed = [flag["id"] for _, f in r.xrange(keys.FLAG_STREAM) for flag in orjson.loads(f[b"f"])]
+    assert len(streamed) == len(set(streamed))
+
+
+def queued_batches(r) -> list[list[str]]:
+    """The ids of each score_batch message waiting on the scoring queue, oldest first."""
+    batches = []
+    for message in reversed(r.lrange(SCORING, 0, -1)):  # kombu LPUSHes: the oldest is last
+        body = orjson.loads(base64.b64decode(orjson.loads(message)["body"]))
+        batches.append([Row.from_wire(row).id for row in body[0][0]])
+    return batches

@@ -7,7 +7,6 @@ row must go out long before a linger of a minute would have let it.
 
 from __future__ import annotations
 
-import base64
 import threading
 import time
 from collections import Counter
@@ -25,14 +24,7 @@ from producers.tail import TailProducer
 from thronos_analytics import keys
 from workers.queues import SCORING, TRAINING
 
-
-def queued_batches(r) -> list[list[str]]:
-    """The ids of each score_batch message waiting on the scoring queue, oldest first."""
-    batches = []
-    for message in reversed(r.lrange(SCORING, 0, -1)):  # kombu LPUSHes: the oldest is last
-        body = orjson.loads(base64.b64decode(orjson.loads(message)["body"]))
-        batches.append([row["id"] for row in body[0][0]])
-    return batches
+from recount import assert_published_once, queued_batches
 
 
 def simulated_rows(tmp_path: Path, n: int, seed: int) -> list[Row]:
@@ -199,7 +191,7 @@ def wait_for_flags(r, n: int, timeout: float = 120) -> None:
 def assert_each_flagged_once(r, seed_rows: list[Row], rows: list[Row]) -> None:
     total = len(seed_rows) + len(rows)
     assert r.scard(keys.SEEN) == r.hlen(keys.FLAGS) == total
-    assert r.xlen(keys.FLAG_STREAM) == total  # each flag published once
+    assert_published_once(r, total)
     flagged = {k.decode() for k in r.hkeys(keys.FLAGS)}
     assert {row.id for row in rows} <= flagged
     calls = sum(int(v) for v in r.hvals(keys.agg("session", "calls")))
@@ -237,28 +229,33 @@ def test_rows_through_the_tail_producer_are_scored_exactly_once(r, scoring_with_
     assert max(map(len, send.batches)) <= 40
 
 
-def test_window_reads_only_what_was_added_and_still_equals_a_full_read(r, env, tmp_path):
+def test_window_reads_only_what_was_added_and_still_equals_a_full_read(
+    r, env, tmp_path, monkeypatch
+):
     from thronos_analytics import store
 
+    monkeypatch.setenv("THRONOS_WINDOW_ROWS", "500")
     rows = simulated_rows(tmp_path, 900, seed=28)
 
     def add(part: list[Row]) -> None:
-        for row in part:
-            r.xadd(keys.WINDOW, {"r": orjson.dumps(row.to_wire())})
+        for start in range(0, len(part), 70):  # batches, as workers write them
+            store.apply_batch(r, part[start : start + 70], None)
 
     def full_read(limit: int) -> list[Row]:
-        entries = r.xrevrange(keys.WINDOW, count=limit)
-        return [Row.from_wire(orjson.loads(f[b"r"])) for _, f in reversed(entries)]
+        store._window_reads.clear()
+        return store.window_rows(r, limit)
 
     add(rows[:300])
     assert store.window_rows(r, 500) == rows[:300]
     add(rows[300:450])
     assert store.window_rows(r, 500) == full_read(500) == rows[:450]
     assert store.window_rows(r, 100) == rows[350:450]
-    add(rows[450:900])  # more than the limit: the window now starts later
+    add(rows[450:900])  # past THRONOS_WINDOW_ROWS: the stream drops its oldest batches
     assert store.window_rows(r, 500) == full_read(500) == rows[400:900]
-    r.xtrim(keys.WINDOW, maxlen=200, approximate=False)  # trimmed below the limit
-    assert store.window_rows(r, 500) == full_read(500) == rows[700:900]
+    held = [row for _, f in r.xrange(keys.WINDOW) for row in orjson.loads(f[b"r"])]
+    assert 500 <= len(held) < 500 + 70
+    add(rows[:900])  # seen already: the window gets nothing twice
+    assert store.window_rows(r, 500) == rows[400:900]
     r.flushall()  # recreated: nothing read before may come back
     add(rows[:10])
     assert store.window_rows(r, 500) == rows[:10]

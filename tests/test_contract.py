@@ -14,8 +14,8 @@ from analytics.contract import (
     MAX_META_BYTES,
     Rejection,
     Row,
+    RowError,
     content_id,
-    normalise,
     parse_line,
 )
 
@@ -212,4 +212,43 @@ def test_valid_rows_survive_the_wire_round_trip(obj):
     row = parse_line(orjson.dumps(obj))
     assert isinstance(row, Row), row
     assert Row.from_wire(orjson.loads(orjson.dumps(row.to_wire()))) == row
-    assert normalise(row.to_wire()) == row
+    assert Row.from_wire(obj) == row  # a ledger object is read as one, in either dialect
+
+
+GOOD_WIRE = [
+    *("id-1", 1.8e9, "claude", "m", "s", "w", 1.0, 0.5, 900.0, 80.0, "coding", True),
+    *(None, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("index", "value", "reason"),
+    [
+        (0, "", "id is not a string"),
+        (0, 7, "id is not a string"),
+        (1, 5.0, "ts is not a number in 2000..2100"),
+        (1, True, "ts is not a number"),
+        (2, None, "provider is not a string"),
+        (4, "x" * 201, "session_id is not a string of 1 to 200"),
+        (6, -1.0, "credits_used is negative"),
+        (6, None, "credits_used is not a finite number"),
+        (7, float("nan"), "score is not a finite number"),
+        (7, False, "score is not a finite number"),
+        (8, float("inf"), "latency_ms is not a finite number"),
+        (9, -3, "output_len is negative"),
+        (10, 3, "use_case is not a string"),
+        (11, 1, "success is not a boolean"),
+    ],
+)
+def test_wire_rows_are_checked_field_by_field(index, value, reason):
+    assert Row.from_wire(GOOD_WIRE).id == "id-1"
+    wire = list(GOOD_WIRE)
+    wire[index] = value
+    with pytest.raises(RowError, match=reason):
+        Row.from_wire(wire)
+
+
+@pytest.mark.parametrize("wire", [GOOD_WIRE[:-1], [*GOOD_WIRE, None], "row", 5, None])
+def test_wire_rows_of_the_wrong_shape_are_refused(wire):
+    with pytest.raises(RowError, match="array of 14 fields|not an object"):
+        Row.from_wire(wire)

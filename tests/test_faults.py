@@ -24,7 +24,12 @@ from producers.emit import send_batch
 from thronos_analytics import keys
 from workers.queues import SCORING, TRAINING
 
-from recount import assert_aggregates_match_ledger, ledger_rows, wait_for
+from recount import (
+    assert_aggregates_match_ledger,
+    assert_published_once,
+    ledger_rows,
+    wait_for,
+)
 
 # Redeliver a dead worker's messages after 4 s, and train only when a test says so.
 WORKER_ENV = {"THRONOS_VISIBILITY_TIMEOUT": "4", "THRONOS_MIN_TRAIN_ROWS": str(10**9)}
@@ -49,8 +54,7 @@ def assert_scored_exactly_once(r, rows) -> None:
     ids = {row.id for row in rows}
     assert r.scard(keys.SEEN) == len(ids)
     assert {k.decode() for k in r.hkeys(keys.FLAGS)} == ids
-    # The flag stream gets an entry only when a flag is new: one per row means no repeats.
-    assert r.xlen(keys.FLAG_STREAM) == len(ids)
+    assert_published_once(r, len(ids))
     flags = [orjson.loads(v) for v in r.hvals(keys.FLAGS)]
     assert int(r.hget(keys.STATS, "anomalies") or 0) == sum(f["is_anomaly"] for f in flags)
     assert_aggregates_match_ledger(r, rows)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import time
 from pathlib import Path
@@ -13,16 +12,13 @@ import pytest
 from analytics.contract import Rejection, Row
 from producers.ai_ledger import Ledger, LedgerWriteError, Recorder
 from producers.tail import Position, TailProducer
-from workers.queues import SCORING
+
+from recount import queued_batches
 
 
 def queued_ids(r) -> list[str]:
     """Ids of the rows in every score_batch message waiting on the scoring queue."""
-    ids = []
-    for message in r.lrange(SCORING, 0, -1):
-        body = orjson.loads(base64.b64decode(orjson.loads(message)["body"]))
-        ids += [row["id"] for row in body[0][0]]
-    return ids
+    return [row_id for batch in queued_batches(r) for row_id in batch]
 
 
 def test_record_interaction_hashes_text_and_is_on_disk_before_returning(r, env, tmp_path):

@@ -8,6 +8,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -294,9 +295,8 @@ def status(
     _print_status(report)
 
 
-# Throughput is counted from the newest entries of the flag stream, whose ids are the
-# milliseconds they were added at; beyond this many in a minute it is extrapolated.
-THROUGHPUT_SAMPLE = 2000
+# The recent anomaly rate is read from this many of the newest scored batches.
+RATE_SAMPLE_BATCHES = 20
 
 
 def _status_report(r: Any) -> dict[str, Any]:
@@ -360,21 +360,25 @@ def _queue_depths(r: Any) -> dict[str, int]:
 
 
 def _throughput(r: Any, now: float) -> dict[str, Any]:
-    latest = r.xrevrange(keys.FLAG_STREAM, count=THROUGHPUT_SAMPLE)
-    stamps = [int(entry_id.split(b"-")[0]) / 1000 for entry_id, _ in latest]
-    last_minute = sum(stamp >= now - 60 for stamp in stamps)
-    # The whole sample is from the last minute: extrapolate from the time it spans.
-    estimated = len(stamps) == THROUGHPUT_SAMPLE and last_minute == len(stamps)
-    if estimated:
-        last_minute = int(len(stamps) / max(stamps[0] - stamps[-1], 0.001) * 60)
-    flags = [orjson.loads(fields[b"f"]) for _, fields in latest]
+    minute = int(now // 60)
+    counts = r.mget(keys.scored_in_minute(minute), keys.scored_in_minute(minute - 1))
+    this, previous = (int(n or 0) for n in counts)
+    # The last 60 s: this minute so far, and the part of the previous one still inside them.
+    share = 1.0 - (now % 60) / 60
+    latest = r.xrevrange(keys.FLAG_STREAM, count=RATE_SAMPLE_BATCHES)
+    recent = [flag for _, fields in latest for flag in orjson.loads(fields[b"f"])]
+    last_minute = this + round(previous * share)
     return {
         "rows_scored_last_minute": last_minute,
         "rows_per_s": round(last_minute / 60, 1),
-        "estimated": estimated,
-        "last_flag_age_s": round(now - stamps[0], 1) if stamps else None,
+        "estimated": bool(previous),
+        "last_flag_age_s": (
+            round(now - int(latest[0][0].split(b"-")[0]) / 1000, 1) if latest else None
+        ),
         "recent_anomaly_rate": (
-            round(sum(bool(f.get("is_anomaly")) for f in flags) / len(flags), 5) if flags else None
+            round(sum(bool(f.get("is_anomaly")) for f in recent) / len(recent), 5)
+            if recent
+            else None
         ),
     }
 
@@ -466,7 +470,7 @@ def _print_status(report: dict[str, Any]) -> None:
     flow.add_row(
         "anomaly rate",
         pct(rate["overall"]),
-        f"last {THROUGHPUT_SAMPLE:,} rows {pct(rate['recent'])}",
+        f"last {RATE_SAMPLE_BATCHES} batches {pct(rate['recent'])}",
     )
     flow.add_row("anomalies", f"{report['anomalies']:,}", top)
 
@@ -524,17 +528,25 @@ def flags(
     from thronos_analytics import store
 
     r = store.connect()
-    recent = list(reversed(r.xrevrange(keys.FLAG_STREAM, count=last)))
-    cursor = recent[-1][0] if recent else b"$"
-    for _, fields in recent:
-        sys.stdout.buffer.write(fields[b"f"] + b"\n")
-    sys.stdout.flush()
+    # Each entry holds a batch of flags: read back until ``last`` flags are in hand.
+    recent: list[bytes] = []
+    entries = r.xrevrange(keys.FLAG_STREAM, count=last)
+    for _, fields in entries:
+        recent[:0] = [orjson.dumps(flag) for flag in orjson.loads(fields[b"f"])]
+        if len(recent) >= last:
+            break
+    cursor = entries[0][0] if entries else b"$"
+    _print_lines(recent[-last:] if last else [])
     while follow:
-        for _, entries in r.xread({keys.FLAG_STREAM: cursor}, block=1000, count=1000) or []:
-            for entry_id, fields in entries:
-                sys.stdout.buffer.write(fields[b"f"] + b"\n")
+        for _, batch in r.xread({keys.FLAG_STREAM: cursor}, block=1000, count=100) or []:
+            for entry_id, fields in batch:
+                _print_lines(orjson.dumps(flag) for flag in orjson.loads(fields[b"f"]))
                 cursor = entry_id
-            sys.stdout.flush()
+
+
+def _print_lines(lines: Iterable[bytes]) -> None:
+    sys.stdout.buffer.writelines(line + b"\n" for line in lines)
+    sys.stdout.flush()
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -12,9 +12,12 @@ P = "thronos:"
 
 SEEN = P + "seen"  # SET of interaction ids ingested
 FLAGS = P + "flags"  # HASH id -> flag JSON (readable by id)
-FLAG_STREAM = P + "flags:stream"  # STREAM of flag JSON, capped, for `flags --follow`
+# STREAM, one entry per scored batch: n (flags) and f (JSON array of them); capped in entries.
+FLAG_STREAM = P + "flags:batches"
 ANOMALIES = P + "anomalies"  # STREAM of flagged rows with context, capped, for the export
-WINDOW = P + "window"  # STREAM of compact rows: the rolling training window
+# STREAM, one entry per batch of new rows: r (JSON array of wire rows). An entry's id is
+# "<rows ever added, up to its last>-0", so the newest N rows are found by id alone.
+WINDOW = P + "window:batches"
 PENDING = P + "pending"  # LIST of wire rows waiting for the first anomaly model
 REJECTED = P + "rejected"  # HASH rejection key -> JSON (count = HLEN, idempotent)
 REJECTED_STREAM = P + "rejected:stream"  # STREAM of rejections, capped
@@ -27,7 +30,7 @@ EXPORT = P + "export"  # HASH: last export's path, time and duration
 BEAT_LOCK = P + "lock:beat"
 AUTOTRAIN_LOCK = P + "lock:autotrain"
 
-FLAG_STREAM_MAXLEN = 100_000
+FLAG_STREAM_MAXLEN = 200  # entries (batches): a few MB in live use, ~70 MB in a backfill
 ANOMALIES_MAXLEN = 10_000
 REJECTED_STREAM_MAXLEN = 10_000
 
@@ -63,6 +66,11 @@ def model_versions(name: str) -> str:
 
 def model_failure(name: str) -> str:
     return f"{P}model:{name}:failure"  # STRING JSON: the last failed retrain, if any
+
+
+def scored_in_minute(minute: int) -> str:
+    """STRING: rows scored in that minute since the epoch; expires after a few minutes."""
+    return f"{P}stats:scored:{minute}"
 
 
 def lock(name: str) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,125 +37,113 @@ def connect(url: str | None = None) -> Redis:
 
 
 _APPLY_BATCH = """
-local window_max, flags_max, anomalies_max, use_model = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
--- One argument per batch, not per field: packing thousands of arguments costs the client
--- more than decoding one JSON array costs Redis.
-local rows, flag_rows = cjson.decode(ARGV[5]), cjson.decode(ARGV[6])
+-- ARGV: 1 window_max, 2 flag stream max entries, 3 anomalies max, 4 use_model ('1' scored,
+-- '0' no model when prepared, '2' park even though a model is published: it is unusable),
+-- 5 n_new, 6 n_old, 7 the new rows' aggregates (JSON), 8 their window entry (JSON array of
+-- wire rows), 9 their flags (JSON array), 10 their anomalies (JSON), 11 the old rows (JSON),
+-- then the n_new ids, then per-row values: the n_new flags when scoring, or the wire rows of
+-- all n_new + n_old rows when parking.
+local window_max, flags_max, anomalies_max = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local use_model, n_new, n_old = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+local IDS = 12
+local VALUES = IDS + n_new
+-- unpack() puts its values on Lua's C stack, which holds 8,000.
+local CHUNK = 1000
 local seen, flags, flag_stream, anomalies = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local window, pending, stats, by_provider = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local model_current, session_wallet = KEYS[9], KEYS[10]
 local wallet_sessions, wallet_session_seen = KEYS[11], KEYS[12]
--- KEYS[13..18] per session, KEYS[19..24] per wallet: calls, score_sum, score_n, credits,
--- mix (calls per provider) and uc (calls per use case)
+local scored_this_minute = KEYS[25]
 
--- The aggregates of the batch's new rows are summed here and written once per session and
--- wallet: a batch from one stretch of the ledger holds many calls of the same sessions.
-local function totals() return {order = {}, calls = {}, score_sum = {}, score_n = {},
-                                credits = {}, mix_order = {}, mix = {},
-                                uc_order = {}, uc = {}} end
-local per_session, per_wallet = totals(), totals()
-
-local function tally(order, counts, pair)
-  if counts[pair] == nil then
-    order[#order + 1] = pair
-    counts[pair] = 0
-  end
-  counts[pair] = counts[pair] + 1
+if use_model == '0' and redis.call('EXISTS', model_current) == 1 then
+  return {0, -1}  -- a model was published meanwhile: the caller scores and calls again
 end
 
-local function count(t, who, provider, use_case, score, credits)
-  if t.calls[who] == nil then
-    t.order[#t.order + 1] = who
-    t.calls[who], t.score_sum[who], t.score_n[who], t.credits[who] = 0, 0, 0, 0
-  end
-  t.calls[who] = t.calls[who] + 1
-  if score ~= '' then
-    t.score_sum[who] = t.score_sum[who] + tonumber(score)
-    t.score_n[who] = t.score_n[who] + 1
-  end
-  t.credits[who] = t.credits[who] + tonumber(credits)
-  tally(t.mix_order, t.mix, who .. '\\t' .. provider)
-  if use_case ~= '' then tally(t.uc_order, t.uc, who .. '\\t' .. use_case) end
-end
-
-local function float(x)
-  return string.format('%.17g', x)  -- tostring keeps only 14 digits
-end
-
-local function write(t, first)
-  for _, who in ipairs(t.order) do
-    redis.call('HINCRBY', KEYS[first], who, t.calls[who])
-    if t.score_n[who] > 0 then
-      redis.call('HINCRBYFLOAT', KEYS[first + 1], who, float(t.score_sum[who]))
-      redis.call('HINCRBY', KEYS[first + 2], who, t.score_n[who])
-    end
-    redis.call('HINCRBYFLOAT', KEYS[first + 3], who, float(t.credits[who]))
-  end
-  for _, pair in ipairs(t.mix_order) do
-    redis.call('HINCRBY', KEYS[first + 4], pair, t.mix[pair])
-  end
-  for _, pair in ipairs(t.uc_order) do
-    redis.call('HINCRBY', KEYS[first + 5], pair, t.uc[pair])
+-- The caller sends as new the rows it believes SEEN lacks, with their aggregates summed.
+-- If SEEN holds any of them (a redelivery), nothing is written and the caller is told
+-- which, so it can move them to the old rows and sum again.
+local clash = {}
+for i = 0, n_new - 1, CHUNK do
+  local last = math.min(i + CHUNK, n_new) - 1
+  local member = redis.call('SMISMEMBER', seen, unpack(ARGV, IDS + i, IDS + last))
+  for j = 1, #member do
+    if member[j] == 1 then clash[#clash + 1] = i + j - 1 end
   end
 end
+if #clash > 0 then return {'clash', clash} end
 
-local new = 0
-local wallet_of, sessions_in_order, pairs_seen = {}, {}, {}
-for _, row in ipairs(rows) do
-  local id, sid, wallet, provider, score, credits, wire, use_case =
-    row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8]
-  if redis.call('SADD', seen, id) == 1 then
-    new = new + 1
-    redis.call('XADD', window, 'MAXLEN', '~', window_max, '*', 'r', wire)
-    if sid ~= '' then
-      count(per_session, sid, provider, use_case, score, credits)
-      if wallet_of[sid] == nil then sessions_in_order[#sessions_in_order + 1] = sid end
-      wallet_of[sid] = wallet  -- the last row's wallet wins, as with one HSET per row
-    end
-    if wallet ~= '' then
-      count(per_wallet, wallet, provider, use_case, score, credits)
-      local pair = wallet .. '\\t' .. sid
-      if sid ~= '' and not pairs_seen[pair] then
-        pairs_seen[pair] = true
-        if redis.call('HSETNX', wallet_session_seen, pair, 1) == 1 then
-          redis.call('HINCRBY', wallet_sessions, wallet, 1)
-        end
-      end
+for i = 0, n_new - 1, CHUNK do
+  redis.call('SADD', seen, unpack(ARGV, IDS + i, IDS + math.min(i + CHUNK, n_new) - 1))
+end
+if n_new > 0 then
+  local totals = cjson.decode(ARGV[7])
+  for _, t in ipairs(totals.i) do redis.call('HINCRBY', KEYS[t[1]], t[2], t[3]) end
+  for _, t in ipairs(totals.f) do redis.call('HINCRBYFLOAT', KEYS[t[1]], t[2], t[3]) end
+  for _, t in ipairs(totals.sw) do redis.call('HSET', session_wallet, t[1], t[2]) end
+  for _, t in ipairs(totals.p) do
+    if redis.call('HSETNX', wallet_session_seen, t[2], 1) == 1 then
+      redis.call('HINCRBY', wallet_sessions, t[1], 1)
     end
   end
-end
-write(per_session, 13)
-write(per_wallet, 19)
-for _, sid in ipairs(sessions_in_order) do
-  redis.call('HSET', session_wallet, sid, wallet_of[sid])
+  local top = redis.call('XREVRANGE', window, '+', '-', 'COUNT', 1)
+  local total = n_new
+  if #top > 0 then total = total + tonumber(string.match(top[1][1], '^%d+')) end
+  -- Keep every entry that holds one of the newest window_max rows.
+  redis.call('XADD', window, 'MINID', string.format('%d', math.max(total - window_max + 1, 0)),
+             string.format('%d-0', total), 'r', ARGV[8])
 end
 
 if use_model ~= '1' then
-  -- No model was used. If one was published meanwhile the caller scores again ('0');
-  -- otherwise, or if the published one cannot be loaded ('2'), the rows wait in PENDING,
-  -- which the next successful training drains (it publishes, then drains).
-  -- (The rows' aggregates above are kept: SEEN already holds them, so a retry skips them.)
-  if use_model == '0' and redis.call('EXISTS', model_current) == 1 then return {new, -1} end
-  for _, row in ipairs(rows) do
-    redis.call('RPUSH', pending, row[7])
+  -- No usable model: all rows, old ones too, wait in PENDING for the next training to drain.
+  local n = n_new + n_old
+  for i = 0, n - 1, CHUNK do
+    redis.call('RPUSH', pending, unpack(ARGV, VALUES + i, VALUES + math.min(i + CHUNK, n) - 1))
   end
-  return {new, 0}
+  return {n_new, 0}
 end
 
-local scored = 0
-for _, f in ipairs(flag_rows) do
-  local id, is_anomaly, flag, record, provider = f[1], f[2], f[3], f[4], f[5]
-  if redis.call('HSETNX', flags, id, flag) == 1 then
-    scored = scored + 1
-    redis.call('XADD', flag_stream, 'MAXLEN', '~', flags_max, '*', 'f', flag)
-    if is_anomaly == '1' then
-      redis.call('HINCRBY', stats, 'anomalies', 1)
-      redis.call('HINCRBY', by_provider, provider, 1)
-      redis.call('XADD', anomalies, 'MAXLEN', '~', anomalies_max, '*', 'a', record)
+local function count_anomaly(provider, record)
+  redis.call('HINCRBY', stats, 'anomalies', 1)
+  redis.call('HINCRBY', by_provider, provider, 1)
+  redis.call('XADD', anomalies, 'MAXLEN', '~', anomalies_max, '*', 'a', record)
+end
+
+-- New rows have no flag yet: flags are only written here, after SADD.
+for i = 0, n_new - 1, CHUNK do
+  local fields = {}
+  for j = i, math.min(i + CHUNK, n_new) - 1 do
+    fields[#fields + 1] = ARGV[IDS + j]
+    fields[#fields + 1] = ARGV[VALUES + j]
+  end
+  redis.call('HSET', flags, unpack(fields))
+end
+if n_new > 0 then
+  redis.call('XADD', flag_stream, 'MAXLEN', '~', flags_max, '*', 'n', n_new, 'f', ARGV[9])
+  for _, a in ipairs(cjson.decode(ARGV[10])) do count_anomaly(a[1], a[2]) end
+end
+
+-- Old rows were seen before; those without a flag yet get theirs now, once.
+local scored, late = n_new, {}
+if n_old > 0 then
+  for _, o in ipairs(cjson.decode(ARGV[11])) do
+    local id, flag, provider, record = o[1], o[2], o[3], o[4]
+    if redis.call('HSETNX', flags, id, flag) == 1 then
+      scored = scored + 1
+      late[#late + 1] = flag
+      if record ~= '' then count_anomaly(provider, record) end
     end
   end
 end
-return {new, scored}
+if #late > 0 then
+  redis.call('XADD', flag_stream, 'MAXLEN', '~', flags_max, '*', 'n', #late,
+             'f', '[' .. table.concat(late, ',') .. ']')
+end
+if scored > 0 then
+  redis.call('HINCRBY', stats, 'scored', scored)  -- equals HLEN flags unless one was sent twice
+  redis.call('INCRBY', scored_this_minute, scored)
+  redis.call('EXPIRE', scored_this_minute, 300)
+end
+return {n_new, scored}
 """
 
 _BATCH_KEYS = [
@@ -172,6 +162,8 @@ _BATCH_KEYS = [
     *(keys.agg("session", m) for m in keys.AGG_MEASURES),
     *(keys.agg("wallet", m) for m in keys.AGG_MEASURES),
 ]
+# Lua's 1-based KEYS index of the first per-session and per-wallet measure.
+_SESSION_KEY, _WALLET_KEY = 13, 13 + len(keys.AGG_MEASURES)
 
 
 def apply_batch(
@@ -185,23 +177,70 @@ def apply_batch(
     Returns (rows new to the ledger state, flags newly published); -1 flags means a model
     appeared while the batch was being prepared, so the caller should score and retry,
     unless ``park_anyway`` (the published model is unusable).
+
+    Rows are sent as new (summed here, written with a few calls per batch) unless SEEN
+    holds them; the script reports any it does hold and this sends again without them.
+    A repeated id within the batch counts once.
     """
-    row_fields = [
-        [
-            row.id,
-            row.session_id or "",
-            row.wallet or "",
-            row.provider,
-            "" if row.score is None else repr(row.score),
-            repr(row.credits_used),
-            orjson.dumps(row.to_wire()).decode(),
-            row.use_case or "",
-        ]
-        for row in rows
+    use_model = "1" if flags is not None else "2" if park_anyway else "0"
+    flag_json = [orjson.dumps(flag) for flag in flags] if flags is not None else []
+    first: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        first.setdefault(row.id, i)
+    new = list(first.values())
+    while True:
+        reply = _script(r, "apply_batch")(
+            keys=[*_BATCH_KEYS, keys.scored_in_minute(int(time.time() // 60))],
+            args=_batch_args(rows, flags, flag_json, new, use_model),
+        )
+        if reply[0] != b"clash":
+            return int(reply[0]), int(reply[1])
+        seen = {new[int(i)] for i in reply[1]}
+        new = [i for i in new if i not in seen]
+
+
+def _batch_args(
+    rows: Sequence[Row],
+    flags: Sequence[dict[str, Any]] | None,
+    flag_json: list[bytes],
+    new: list[int],
+    use_model: str,
+) -> list[Any]:
+    is_new = set(new)
+    old = [i for i in range(len(rows)) if i not in is_new]
+    fresh = [rows[i] for i in new]
+    anomalies, old_rows = [], []
+    if flags is not None:
+        for i in new:
+            if flags[i]["is_anomaly"]:
+                anomalies.append([rows[i].provider, _anomaly_record(rows[i], flags[i])])
+        for i in old:
+            record = _anomaly_record(rows[i], flags[i]) if flags[i]["is_anomaly"] else b""
+            old_rows.append([rows[i].id, flag_json[i], rows[i].provider, record])
+        values = [flag_json[i] for i in new]
+    else:
+        values = [orjson.dumps(rows[i].to_wire()) for i in new + old]
+    return [
+        settings().window_rows,
+        keys.FLAG_STREAM_MAXLEN,
+        keys.ANOMALIES_MAXLEN,
+        use_model,
+        len(new),
+        len(old),
+        orjson.dumps(_totals(fresh)),
+        orjson.dumps([row.to_wire() for row in fresh]),
+        b"[" + b",".join(flag_json[i] for i in new) + b"]" if flags is not None else b"",
+        # Lua's cjson reads an empty JSON array as an object; both iterate as empty.
+        orjson.dumps(anomalies, default=bytes.decode),
+        orjson.dumps(old_rows, default=bytes.decode),
+        *(row.id for row in fresh),
+        *values,
     ]
-    flag_fields = []
-    for row, flag in zip(rows, flags or (), strict=False):
-        record = {
+
+
+def _anomaly_record(row: Row, flag: dict[str, Any]) -> bytes:
+    return orjson.dumps(
+        {
             "id": row.id,
             "ts": row.ts,
             "wallet": row.wallet,
@@ -211,26 +250,37 @@ def apply_batch(
             "anomaly_score": flag["anomaly_score"],
             "reasons": flag["reasons"],
         }
-        flag_fields.append(
-            [
-                row.id,
-                "1" if flag["is_anomaly"] else "0",
-                orjson.dumps(flag).decode(),
-                orjson.dumps(record).decode() if flag["is_anomaly"] else "",
-                row.provider,
-            ]
-        )
-    argv = [
-        settings().window_rows,
-        keys.FLAG_STREAM_MAXLEN,
-        keys.ANOMALIES_MAXLEN,
-        "1" if flags is not None else "2" if park_anyway else "0",
-        # Lua's cjson reads an empty JSON array as an object; both iterate as empty.
-        orjson.dumps(row_fields),
-        orjson.dumps(flag_fields),
-    ]
-    new, scored = _script(r, "apply_batch")(keys=_BATCH_KEYS, args=argv)
-    return int(new), int(scored)
+    )
+
+
+def _totals(rows: Sequence[Row]) -> dict[str, list]:
+    """The aggregates of ``rows`` as the script writes them: one call per key and field."""
+    ints: Counter[tuple[int, str]] = Counter()
+    floats: defaultdict[tuple[int, str], float] = defaultdict(float)
+    session_wallet: dict[str, str] = {}
+    pairs: dict[str, str] = {}
+    for row in rows:
+        for first, who in ((_SESSION_KEY, row.session_id), (_WALLET_KEY, row.wallet)):
+            if not who:
+                continue
+            ints[first, who] += 1
+            if row.score is not None:
+                floats[first + 1, who] += row.score
+                ints[first + 2, who] += 1
+            floats[first + 3, who] += row.credits_used
+            ints[first + 4, f"{who}\t{row.provider}"] += 1
+            if row.use_case:
+                ints[first + 5, f"{who}\t{row.use_case}"] += 1
+        if row.session_id:
+            session_wallet[row.session_id] = row.wallet or ""  # the last row's wallet wins
+            if row.wallet:
+                pairs[f"{row.wallet}\t{row.session_id}"] = row.wallet
+    return {
+        "i": [[k, field, n] for (k, field), n in ints.items()],
+        "f": [[k, field, repr(x)] for (k, field), x in floats.items()],
+        "sw": [[sid, wallet] for sid, wallet in session_wallet.items()],
+        "p": [[wallet, pair] for pair, wallet in pairs.items()],
+    }
 
 
 @cache
@@ -322,6 +372,7 @@ def model_info(r: Redis, name: str) -> dict[str, Any] | None:
 class _WindowRead:
     limit: int
     last_id: bytes
+    last_entry: bytes
     rows: list[Row]
 
 
@@ -330,15 +381,24 @@ _window_reads: dict[str, _WindowRead] = {}
 _window_lock = threading.Lock()
 
 
+def _entry_end(entry_id: bytes) -> int:
+    """Rows ever added to the window up to this entry's last: its id's first part."""
+    return int(entry_id.split(b"-")[0])
+
+
+def _entry_rows(fields: dict[bytes, bytes]) -> list[Row]:
+    return [Row.from_wire(wire) for wire in orjson.loads(fields[b"r"])]
+
+
 def window_rows(r: Redis, limit: int) -> list[Row]:
     """The newest ``limit`` rows of the training window, oldest first.
 
     A refresh reads the window once per model and once more for the export. The stream only
-    grows at its end and is trimmed at its start, so when the newest entry read last time is
-    still there, the newest rows now are those read then followed by the entries added
-    since, and only those are read and parsed. Otherwise (first read, a larger ``limit``,
-    more new entries than ``limit``, or a stream that was trimmed past it or recreated) the
-    window is read whole.
+    grows at its end, and ``apply_batch`` trims its start only past the newest
+    ``THRONOS_WINDOW_ROWS`` rows, so when the newest entry read last time is still there
+    unchanged, the newest rows now are those read then followed by the entries added since,
+    and only those are read and parsed. Otherwise (first read, a larger ``limit``, or a
+    stream that was recreated) the window is read whole.
     """
     if limit <= 0:
         return []
@@ -348,20 +408,21 @@ def window_rows(r: Redis, limit: int) -> list[Row]:
         if last is not None and limit <= last.limit:
             pipe = r.pipeline(transaction=False)
             pipe.xrange(keys.WINDOW, min=last.last_id, max=last.last_id)
-            pipe.xrange(keys.WINDOW, min=b"(" + last.last_id, count=limit + 1)
-            pipe.xlen(keys.WINDOW)
-            still_there, added, length = pipe.execute()
-            if still_there and len(added) <= limit:
+            pipe.xrange(keys.WINDOW, min=b"(" + last.last_id)
+            still_there, added = pipe.execute()
+            if still_there and still_there[0][1][b"r"] == last.last_entry:
                 if added:
-                    new_rows = [Row.from_wire(orjson.loads(f[b"r"])) for _, f in added]
+                    new_rows = [row for _, fields in added for row in _entry_rows(fields)]
                     last.rows = (last.rows + new_rows)[-last.limit :]
-                    last.last_id = added[-1][0]
-                # A new list (callers may change it), without what was trimmed meanwhile.
-                return last.rows[-min(limit, length) :]
-        entries = r.xrevrange(keys.WINDOW, count=limit)
-        rows = [Row.from_wire(orjson.loads(fields[b"r"])) for _, fields in reversed(entries)]
-        if entries:
-            _window_reads[where] = _WindowRead(limit, entries[0][0], rows)
-        else:
+                    last.last_id, last.last_entry = added[-1][0], added[-1][1][b"r"]
+                return last.rows[-limit:]  # a new list: callers may change it
+        newest = r.xrevrange(keys.WINDOW, count=1)
+        if not newest:
             _window_reads.pop(where, None)
+            return []
+        end = _entry_end(newest[0][0])
+        # Entries ending after row (end - limit) hold the newest ``limit`` rows.
+        entries = r.xrange(keys.WINDOW, min=f"({max(end - limit, 0)}-0")
+        rows = [row for _, fields in entries for row in _entry_rows(fields)][-limit:]
+        _window_reads[where] = _WindowRead(limit, entries[-1][0], entries[-1][1][b"r"], rows)
         return list(rows)
