@@ -105,7 +105,6 @@ class Rejection:
 def parse_line(line: bytes | str, lineno: int = 0) -> Row | Rejection:
     """Parse one ledger line. Never raises: a bad line becomes a :class:`Rejection`."""
     raw = line.encode("utf-8", "surrogatepass") if isinstance(line, str) else bytes(line)
-    text = raw.decode("utf-8", "replace")
     try:
         if len(raw) > MAX_LINE_BYTES:
             raise RowError(f"line is {len(raw)} bytes, over the {MAX_LINE_BYTES} byte limit")
@@ -115,7 +114,7 @@ def parse_line(line: bytes | str, lineno: int = 0) -> Row | Rejection:
             raise RowError(f"not valid JSON: {exc}") from None
         return normalise(obj)
     except RowError as exc:
-        return Rejection(lineno, str(exc), text)
+        return Rejection(lineno, str(exc), raw.decode("utf-8", "replace"))
 
 
 def normalise(obj: Any) -> Row:
@@ -224,6 +223,8 @@ def _number(obj: dict[str, Any], key: str, prefix: str = "") -> float | None:
     value = obj.get(key)
     if value is None:
         return None
+    if type(value) in _NUMBER and math.isfinite(value):  # the common case, checked first
+        return float(value)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RowError(f"{prefix}{key} is a {type(value).__name__}, not a number")
     if not math.isfinite(value):
@@ -263,7 +264,9 @@ def _latency_ms(obj: dict[str, Any], meta: dict[str, Any]) -> float | None:
 
 def _text(obj: dict[str, Any], key: str) -> str | None:
     value = obj.get(key)
-    if value is None or value == "":
+    if type(value) is str:  # the common case, checked first
+        return value[:MAX_ID_CHARS] or None
+    if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise RowError(f"{key} is a {type(value).__name__}, not a string")

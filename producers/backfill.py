@@ -15,7 +15,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 from analytics.contract import Rejection, Row
 from producers.tail import Position, read_batches
 
-BACKFILL_BATCH = 2000
+BACKFILL_BATCH = 5000
 
 
 @dataclass

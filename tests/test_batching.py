@@ -21,7 +21,7 @@ from analytics.contract import Row, parse_line
 from analytics.simulate import SimConfig, write
 from producers.emit import Outbox, send_batch
 from producers.tail import TailProducer
-from thronos_analytics import keys
+from thronos_analytics import keys, store
 from workers.queues import SCORING, TRAINING
 
 from recount import assert_published_once, queued_batches
@@ -194,6 +194,7 @@ def assert_each_flagged_once(r, seed_rows: list[Row], rows: list[Row]) -> None:
     assert_published_once(r, total)
     flagged = {k.decode() for k in r.hkeys(keys.FLAGS)}
     assert {row.id for row in rows} <= flagged
+    store.fold_aggregates(r)
     calls = sum(int(v) for v in r.hvals(keys.agg("session", "calls")))
     assert calls == sum(1 for row in (*seed_rows, *rows) if row.session_id)
     assert r.llen(keys.PENDING) == 0
@@ -232,8 +233,6 @@ def test_rows_through_the_tail_producer_are_scored_exactly_once(r, scoring_with_
 def test_window_reads_only_what_was_added_and_still_equals_a_full_read(
     r, env, tmp_path, monkeypatch
 ):
-    from thronos_analytics import store
-
     monkeypatch.setenv("THRONOS_WINDOW_ROWS", "500")
     rows = simulated_rows(tmp_path, 900, seed=28)
 

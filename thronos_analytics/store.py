@@ -39,10 +39,10 @@ def connect(url: str | None = None) -> Redis:
 _APPLY_BATCH = """
 -- ARGV: 1 window_max, 2 flag stream max entries, 3 anomalies max, 4 use_model ('1' scored,
 -- '0' no model when prepared, '2' park even though a model is published: it is unusable),
--- 5 n_new, 6 n_old, 7 the new rows' aggregates (JSON), 8 their window entry (JSON array of
--- wire rows), 9 their flags (JSON array), 10 their anomalies (JSON), 11 the old rows (JSON),
--- then the n_new ids, then per-row values: the n_new flags when scoring, or the wire rows of
--- all n_new + n_old rows when parking.
+-- 5 n_new, 6 n_old, 7 the new rows' aggregates (JSON, see _totals), 8 their window entry
+-- (JSON array of wire rows), 9 their flags (JSON array), 10 their anomalies (JSON), 11 the
+-- old rows (JSON), then the n_new ids, then per-row values: the n_new flags when scoring,
+-- or the wire rows of all n_new + n_old rows when parking.
 local window_max, flags_max, anomalies_max = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local use_model, n_new, n_old = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 local IDS = 12
@@ -51,9 +51,7 @@ local VALUES = IDS + n_new
 local CHUNK = 1000
 local seen, flags, flag_stream, anomalies = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local window, pending, stats, by_provider = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local model_current, session_wallet = KEYS[9], KEYS[10]
-local wallet_sessions, wallet_session_seen = KEYS[11], KEYS[12]
-local scored_this_minute = KEYS[25]
+local model_current, agg_deltas, scored_this_minute = KEYS[9], KEYS[10], KEYS[11]
 
 if use_model == '0' and redis.call('EXISTS', model_current) == 1 then
   return {0, -1}  -- a model was published meanwhile: the caller scores and calls again
@@ -76,15 +74,8 @@ for i = 0, n_new - 1, CHUNK do
   redis.call('SADD', seen, unpack(ARGV, IDS + i, IDS + math.min(i + CHUNK, n_new) - 1))
 end
 if n_new > 0 then
-  local totals = cjson.decode(ARGV[7])
-  for _, t in ipairs(totals.i) do redis.call('HINCRBY', KEYS[t[1]], t[2], t[3]) end
-  for _, t in ipairs(totals.f) do redis.call('HINCRBYFLOAT', KEYS[t[1]], t[2], t[3]) end
-  for _, t in ipairs(totals.sw) do redis.call('HSET', session_wallet, t[1], t[2]) end
-  for _, t in ipairs(totals.p) do
-    if redis.call('HSETNX', wallet_session_seen, t[2], 1) == 1 then
-      redis.call('HINCRBY', wallet_sessions, t[1], 1)
-    end
-  end
+  -- The batch's aggregates wait as one entry; fold_aggregates adds them up before training.
+  redis.call('RPUSH', agg_deltas, ARGV[7])
   local top = redis.call('XREVRANGE', window, '+', '-', 'COUNT', 1)
   local total = n_new
   if #top > 0 then total = total + tonumber(string.match(top[1][1], '^%d+')) end
@@ -156,14 +147,14 @@ _BATCH_KEYS = [
     keys.STATS,
     keys.ANOMALIES_BY_PROVIDER,
     keys.model_current("anomaly"),
-    keys.SESSION_WALLET,
-    keys.WALLET_SESSIONS,
-    keys.WALLET_SESSION_SEEN,
+    keys.AGG_DELTAS,
+]
+# The hashes the aggregates fold into; _totals names them by 1-based position here.
+_AGG_KEYS = [
     *(keys.agg("session", m) for m in keys.AGG_MEASURES),
     *(keys.agg("wallet", m) for m in keys.AGG_MEASURES),
 ]
-# Lua's 1-based KEYS index of the first per-session and per-wallet measure.
-_SESSION_KEY, _WALLET_KEY = 13, 13 + len(keys.AGG_MEASURES)
+_SESSION_KEY, _WALLET_KEY = 1, 1 + len(keys.AGG_MEASURES)
 
 
 def apply_batch(
@@ -253,39 +244,139 @@ def _anomaly_record(row: Row, flag: dict[str, Any]) -> bytes:
     )
 
 
-def _totals(rows: Sequence[Row]) -> dict[str, list]:
-    """The aggregates of ``rows`` as the script writes them: one call per key and field."""
-    ints: Counter[tuple[int, str]] = Counter()
-    floats: defaultdict[tuple[int, str], float] = defaultdict(float)
+def _totals(rows: Sequence[Row]) -> dict[str, Any]:
+    """The aggregates of ``rows``: increments per (``_AGG_KEYS`` position, field), each
+    session's wallet, and the (wallet, session) pairs."""
+    sums: dict[tuple[int, str], list] = {}  # calls, score sum, scores, credits
+    counts: dict[tuple[int, str], int] = {}  # calls per provider and per use case
     session_wallet: dict[str, str] = {}
     pairs: dict[str, str] = {}
     for row in rows:
         for first, who in ((_SESSION_KEY, row.session_id), (_WALLET_KEY, row.wallet)):
             if not who:
                 continue
-            ints[first, who] += 1
+            total = sums.get((first, who))
+            if total is None:
+                total = sums[first, who] = [0, 0.0, 0, 0.0]
+            total[0] += 1
             if row.score is not None:
-                floats[first + 1, who] += row.score
-                ints[first + 2, who] += 1
-            floats[first + 3, who] += row.credits_used
-            ints[first + 4, f"{who}\t{row.provider}"] += 1
+                total[1] += row.score
+                total[2] += 1
+            total[3] += row.credits_used
+            mix = (first + 4, f"{who}\t{row.provider}")
+            counts[mix] = counts.get(mix, 0) + 1
             if row.use_case:
-                ints[first + 5, f"{who}\t{row.use_case}"] += 1
+                uc = (first + 5, f"{who}\t{row.use_case}")
+                counts[uc] = counts.get(uc, 0) + 1
         if row.session_id:
             session_wallet[row.session_id] = row.wallet or ""  # the last row's wallet wins
             if row.wallet:
                 pairs[f"{row.wallet}\t{row.session_id}"] = row.wallet
+    ints = [[k, field, n] for (k, field), n in counts.items()]
+    floats = []
+    for (k, who), (calls, score_sum, scores, credits) in sums.items():
+        ints.append([k, who, calls])
+        if scores:
+            ints.append([k + 2, who, scores])
+            floats.append([k + 1, who, repr(score_sum)])
+        floats.append([k + 3, who, repr(credits)])
     return {
-        "i": [[k, field, n] for (k, field), n in ints.items()],
-        "f": [[k, field, repr(x)] for (k, field), x in floats.items()],
+        # Rows are new exactly once, so the first one's id makes every entry unique.
+        "id": rows[0].id if rows else "",
+        "i": ints,
+        "f": floats,
         "sw": [[sid, wallet] for sid, wallet in session_wallet.items()],
         "p": [[wallet, pair] for pair, wallet in pairs.items()],
     }
 
 
+_FOLD_AGGREGATES = """
+-- KEYS: 1 the delta list, 2.. _AGG_KEYS, then session_wallet, wallet_sessions and
+-- wallet_session_seen. ARGV: 1 entries summed, 2 sha1 of the first, 3 their sum (JSON).
+local n, first, totals = tonumber(ARGV[1]), ARGV[2], cjson.decode(ARGV[3])
+local head = redis.call('LINDEX', KEYS[1], 0)
+if not head or redis.sha1hex(head) ~= first then return 0 end  -- another fold took them
+local last = #KEYS
+local session_wallet, wallet_sessions, wallet_session_seen = KEYS[last - 2], KEYS[last - 1],
+  KEYS[last]
+for _, t in ipairs(totals.i) do redis.call('HINCRBY', KEYS[t[1] + 1], t[2], t[3]) end
+for _, t in ipairs(totals.f) do redis.call('HINCRBYFLOAT', KEYS[t[1] + 1], t[2], t[3]) end
+for _, t in ipairs(totals.sw) do redis.call('HSET', session_wallet, t[1], t[2]) end
+for _, t in ipairs(totals.p) do
+  if redis.call('HSETNX', wallet_session_seen, t[2], 1) == 1 then
+    redis.call('HINCRBY', wallet_sessions, t[1], 1)
+  end
+end
+redis.call('LTRIM', KEYS[1], n, -1)
+return n
+"""
+# One fold call writes at most about this many fields: it blocks Redis for milliseconds.
+FOLD_FIELDS = 20_000
+_FOLD_KEYS = [
+    keys.AGG_DELTAS,
+    *_AGG_KEYS,
+    keys.SESSION_WALLET,
+    keys.WALLET_SESSIONS,
+    keys.WALLET_SESSION_SEEN,
+]
+
+
+def fold_aggregates(r: Redis) -> int:
+    """Add the aggregate entries scoring appended into the session and wallet hashes.
+
+    Scoring appends one entry per batch (one call, whatever the batch holds); folding sums
+    many entries here first, so a session seen in many batches costs one write per measure.
+    Each call adds up a prefix of the list and trims it in one script, which checks that
+    the prefix is still the one summed: two folds at once never add an entry twice.
+    Returns the entries folded.
+    """
+    folded = 0
+    while blobs := r.lrange(keys.AGG_DELTAS, 0, 99):
+        merged = _merge_totals(blobs)
+        args = [len(merged.entries), hashlib.sha1(blobs[0]).hexdigest(), merged.json()]
+        folded += int(_script(r, "fold_aggregates")(keys=_FOLD_KEYS, args=args))
+    return folded
+
+
+@dataclass
+class _Merged:
+    entries: list[bytes]
+    ints: Counter[tuple[int, str]]
+    floats: defaultdict[tuple[int, str], float]
+    session_wallet: dict[str, str]
+    pairs: dict[str, str]
+
+    def json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "i": [[k, field, n] for (k, field), n in self.ints.items()],
+                "f": [[k, field, repr(x)] for (k, field), x in self.floats.items()],
+                "sw": list(map(list, self.session_wallet.items())),
+                "p": [[wallet, pair] for pair, wallet in self.pairs.items()],
+            }
+        )
+
+
+def _merge_totals(blobs: list[bytes]) -> _Merged:
+    """The sum of entries from the first, up to about ``FOLD_FIELDS`` fields."""
+    merged = _Merged([], Counter(), defaultdict(float), {}, {})
+    for blob in blobs:
+        totals = orjson.loads(blob)
+        for k, field, n in totals["i"]:
+            merged.ints[k, field] += n
+        for k, field, x in totals["f"]:
+            merged.floats[k, field] += float(x)
+        merged.session_wallet.update(totals["sw"])  # later batches' wallet wins
+        merged.pairs.update((pair, wallet) for wallet, pair in totals["p"])
+        merged.entries.append(blob)
+        if len(merged.ints) + len(merged.floats) >= FOLD_FIELDS:
+            break
+    return merged
+
+
 @cache
 def _scripts() -> dict[str, str]:
-    return {"apply_batch": _APPLY_BATCH}
+    return {"apply_batch": _APPLY_BATCH, "fold_aggregates": _FOLD_AGGREGATES}
 
 
 def _script(r: Redis, name: str) -> Any:
