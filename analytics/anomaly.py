@@ -31,6 +31,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numba
 import numpy as np
 import orjson
 
@@ -39,11 +40,12 @@ from analytics.features import (
     BASE,
     LEVELS,
     ContextCounts,
+    Features,
     ProviderNorms,
     base_matrix,
     context_counts,
-    context_matrix,
     feature_names,
+    featurise,
     to_natural,
 )
 from analytics.forest import CompiledForest
@@ -85,13 +87,13 @@ class AnomalyDetector:
         self.norms_ = ProviderNorms.fit(base, rows)
         use_cases = sorted({r.use_case for r in rows if r.use_case})
         self.context_ = context_counts(rows, self.norms_.providers, use_cases)
-        X_context, _ = context_matrix(rows, self.context_)
-        self._fit_context_model(X_context, [r.provider for r in rows])
+        features = featurise(rows, self.norms_, self.context_)
+        self._fit_context_model(features.context, [r.provider for r in rows])
 
-        raw = self._raw_evidence(base, rows, X_context)
+        raw, _ = self._evidence(features, np.zeros(SURPRISE + 1), np.ones(SURPRISE + 1))
         self.center_ = np.median(raw, axis=0)
         self.spread_ = np.maximum(np.quantile(raw, 0.99, axis=0) - self.center_, 1e-6)
-        evidence = (raw - self.center_) / self.spread_
+        _, evidence = self._evidence(features, self.center_, self.spread_)
         # scikit-learn is imported only to fit: scoring runs on the compiled arrays, and a
         # scoring worker that never imports it stays ~120 MB smaller.
         from sklearn.ensemble import IsolationForest
@@ -105,7 +107,7 @@ class AnomalyDetector:
         strangeness = -self.forest_.score_samples(evidence)
         self.forest_center_ = float(np.median(strangeness))
         self.forest_spread_ = max(float(np.quantile(strangeness, 0.99)) - self.forest_center_, 1e-6)
-        scores = self._scores(evidence, strangeness)
+        _, scores = self._combine(evidence, -strangeness)
         if auto:
             self.threshold_ = AUTO_THRESHOLD
         else:
@@ -119,6 +121,7 @@ class AnomalyDetector:
             # One provider: nothing about it can be unexpected.
             self.coef_ = np.zeros((len(self.classes_), X.shape[1]))
             self.intercept_ = np.zeros(len(self.classes_))
+            self._prepare_context_model()
             return
         y = np.asarray(providers)
         if len(y) > CONTEXT_SAMPLE:
@@ -136,30 +139,44 @@ class AnomalyDetector:
             coef, intercept = np.vstack([-coef, coef]) / 2, np.array([-1, 1]) * intercept / 2
         self.classes_ = model.classes_.tolist()
         self.coef_, self.intercept_ = coef, intercept
+        self._prepare_context_model()
 
-    def provider_probability(self, rows: Sequence[Row], X_context: np.ndarray) -> np.ndarray:
-        """P(row's provider | its session's and wallet's other calls); NaN if unseen."""
-        logits = X_context @ self.coef_.T + self.intercept_
-        logits -= logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits)
-        probs /= probs.sum(axis=1, keepdims=True)
+    def _prepare_context_model(self) -> None:
+        """The context model as the scoring kernel reads it, in the dtypes it is compiled for."""
+        # A context provider's class; classes are the providers of the rows fitted on.
         where = {p: i for i, p in enumerate(self.classes_)}
-        column = np.array([where.get(r.provider, -1) for r in rows], dtype=int)
-        out = np.full(len(rows), np.nan)
-        seen = column >= 0
-        out[seen] = probs[np.flatnonzero(seen), column[seen]]
-        return out
+        self._class_of = np.array(
+            [where.get(p, -1) for p in self.context_.providers], dtype=np.int64
+        )
+        self.coef_ = np.require(self.coef_, np.float64, ["C", "W"])
+        self.intercept_ = np.require(self.intercept_, np.float64, ["C", "W"])
 
-    def _raw_evidence(self, base: np.ndarray, rows: Sequence[Row], X_context: np.ndarray):
-        distance = self.norms_.distances(base, rows)
-        probability = self.provider_probability(rows, X_context)
-        # An unseen provider is named in the reasons, but alone it is no anomaly.
-        surprise = -np.log(np.clip(np.nan_to_num(probability, nan=1.0), 1e-12, 1.0))
-        return np.column_stack([distance, surprise])
+    def _evidence(
+        self, features: Features, center: np.ndarray, spread: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Raw evidence (distances, then provider surprise) and its rescaling by center, spread.
 
-    def _scores(self, evidence: np.ndarray, strangeness: np.ndarray) -> np.ndarray:
-        forest = (strangeness - self.forest_center_) / self.forest_spread_
-        return np.maximum(evidence.max(axis=1), forest)
+        The surprise is ``-log P(row's provider | its session's and wallet's other calls)``;
+        an unseen provider is named in the reasons, but alone it is no anomaly.
+        """
+        return _evidence(
+            features.distance,
+            features.context,
+            features.provider,
+            self._class_of,
+            self.coef_,
+            self.intercept_,
+            center,
+            spread,
+        )
+
+    def _combine(
+        self, evidence: np.ndarray, forest_score: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Evidence with the forest's appended, and each row's largest: its anomaly score."""
+        return _combine(
+            evidence, forest_score, float(self.forest_center_), float(self.forest_spread_)
+        )
 
     @property
     def feature_names_(self) -> list[str]:
@@ -174,14 +191,10 @@ class AnomalyDetector:
         return self._evaluate(rows, context)[0]
 
     def _evaluate(self, rows: Sequence[Row], context):
-        base = base_matrix(rows)
-        X_context, others = context_matrix(rows, self.context_, context)
-        raw = self._raw_evidence(base, rows, X_context)
-        evidence = (raw - self.center_) / self.spread_
-        strangeness = -self.forest_.score_samples(evidence)
-        forest = (strangeness - self.forest_center_) / self.forest_spread_
-        evidence = np.column_stack([evidence, forest])
-        return evidence.max(axis=1), evidence, base, others, raw
+        features = featurise(rows, self.norms_, self.context_, context)
+        raw, evidence = self._evidence(features, self.center_, self.spread_)
+        evidence, scores = self._combine(evidence, self.forest_.score_samples(evidence))
+        return scores, evidence, features.base, features.others, raw
 
     def flag(
         self,
@@ -198,21 +211,19 @@ class AnomalyDetector:
         if not rows:
             return []
         scores, evidence, base, others, raw = self._evaluate(rows, context)
-        flags = []
-        for i, row in enumerate(rows):
-            is_anomaly = bool(scores[i] > self.threshold_)
-            flags.append(
-                {
-                    "id": row.id,
-                    "anomaly_score": round(float(scores[i]), 4),
-                    "is_anomaly": is_anomaly,
-                    "reasons": (
-                        self._reasons(row, base[i], evidence[i], others[i], raw[i])
-                        if is_anomaly
-                        else []
-                    ),
-                }
-            )
+        threshold = self.threshold_
+        flags = [
+            {
+                "id": row.id,
+                "anomaly_score": round(score, 4),
+                "is_anomaly": score > threshold,
+                "reasons": [],
+            }
+            for row, score in zip(rows, scores.tolist(), strict=True)
+        ]
+        for i, flag in enumerate(flags):
+            if flag["is_anomaly"]:
+                flag["reasons"] = self._reasons(rows[i], base[i], evidence[i], others[i], raw[i])
         return flags
 
     def _reasons(
@@ -239,8 +250,7 @@ class AnomalyDetector:
         return reasons or ["unusual combination of provider and measures"]
 
     def _describe_provider(self, row: Row, others: np.ndarray, share: float) -> str:
-        where = {p: i for i, p in enumerate(self.context_.providers)}
-        p = where.get(row.provider)
+        p = self.context_.provider_index.get(row.provider)
         parts = []
         for k, scope in enumerate(("session", "wallet")):
             total = int(others[k, -1])
@@ -319,7 +329,72 @@ class AnomalyDetector:
         detector.forest_spread_ = header["forest_spread"]
         detector.threshold_ = header["threshold"]
         detector.n_samples_ = header["n_samples"]
+        detector._prepare_context_model()
         return detector
+
+
+@numba.njit(cache=True, nogil=True)
+def _evidence(
+    distance: np.ndarray,
+    X: np.ndarray,
+    provider: np.ndarray,
+    class_of: np.ndarray,
+    coef: np.ndarray,
+    intercept: np.ndarray,
+    center: np.ndarray,
+    spread: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """AnomalyDetector._evidence's arithmetic: a softmax over the context model's logits."""
+    n, n_base = distance.shape
+    n_classes, n_inputs = coef.shape
+    raw = np.empty((n, n_base + 1))
+    scaled = np.empty((n, n_base + 1))
+    logits = np.empty(n_classes)
+    for i in range(n):
+        for j in range(n_base):
+            raw[i, j] = distance[i, j]
+        c = class_of[provider[i]] if provider[i] >= 0 else -1
+        probability = np.nan
+        if c >= 0:
+            for k in range(n_classes):
+                total = 0.0
+                for f in range(n_inputs):
+                    total += X[i, f] * coef[k, f]
+                logits[k] = total + intercept[k]
+            top = logits[0]
+            for k in range(1, n_classes):
+                if logits[k] > top or logits[k] != logits[k]:  # NaN wins, as in np.max
+                    top = logits[k]
+            total = 0.0
+            for k in range(n_classes):
+                total += np.exp(logits[k] - top)
+            probability = np.exp(logits[c] - top) / total
+        if probability != probability:  # an unseen provider (or NaN context): no surprise
+            probability = 1.0
+        raw[i, n_base] = -np.log(min(max(probability, 1e-12), 1.0))
+        for j in range(n_base + 1):
+            scaled[i, j] = (raw[i, j] - center[j]) / spread[j]
+    return raw, scaled
+
+
+@numba.njit(cache=True, nogil=True)
+def _combine(
+    evidence: np.ndarray, forest_score: np.ndarray, forest_center: float, forest_spread: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """AnomalyDetector._combine's arithmetic; the forest's strangeness is -score_samples."""
+    n, m = evidence.shape
+    full = np.empty((n, m + 1))
+    scores = np.empty(n)
+    for i in range(n):
+        for j in range(m):
+            full[i, j] = evidence[i, j]
+        full[i, m] = (-forest_score[i] - forest_center) / forest_spread
+        best = full[i, 0]
+        for j in range(1, m + 1):
+            if full[i, j] > best or full[i, j] != full[i, j]:  # NaN wins, as in np.max
+                best = full[i, j]
+        scores[i] = best
+    return full, scores
 
 
 def _whose(row: Row, column: int, level: int) -> tuple[str, str]:

@@ -9,17 +9,24 @@ that is what they depend on. A cell with fewer than ``MIN_CELL_ROWS`` rows falls
 the provider's norm, and an unseen provider to the norm of all rows. A missing measure
 counts as normal, so the other measures still count.
 
-The fifth feature is context (:func:`context_counts`, :func:`context_matrix`): the calls
+The fifth feature is context (:func:`context_counts`, :func:`featurise`): the calls
 per provider and per use case of the row's session and of its wallet, *other than the row
 itself*. :class:`analytics.anomaly.AnomalyDetector` learns from it how likely the row's
 provider is there, which is what reveals a provider that a kind of user never picks.
+
+:func:`featurise` computes all of it: a Python pass over the rows turns each into a few
+integer codes (dictionary lookups in tables built once per model), and one compiled kernel
+does the arithmetic, for one row as for thousands.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
+from typing import NamedTuple
 
+import numba
 import numpy as np
 
 from analytics.contract import Row
@@ -37,15 +44,27 @@ MIN_CELL_ROWS = 50
 LOW_SIDE_ONLY = np.array([False, True, False, False])
 SEP = "\x1f"
 LEVELS = ("cell", "provider", "all")
+# Distinct (provider, use case, model) triples whose norms are remembered; past this the
+# memory starts over, so odd values in a stream cannot grow it without bound.
+MEMO_SIZE = 4096
+
+# attrgetter reads a dataclass and a named tuple alike, in one C call per row.
+_MEASURES = attrgetter(*BASE)
+_KEYS = attrgetter("provider", "use_case", "model", "session_id", "wallet")
+# Columns of the codes that featurise passes its kernel.
+_NORM, _PROVIDER, _USE_CASE, _SESSION, _WALLET = 0, 4, 5, 6, 7
 
 
 def base_matrix(rows: Sequence[Row]) -> np.ndarray:
     """(n, len(BASE)) float64 on the model's scale, NaN where a row lacks the measure."""
-    raw = np.array(
-        [[r.output_len, r.score, r.latency_ms, r.credits_used] for r in rows], dtype=float
-    ).reshape(len(rows), len(BASE))
-    raw[:, LOG_SCALED] = np.log1p(raw[:, LOG_SCALED])
+    raw = _raw_measures([value for r in rows for value in _MEASURES(r)], len(rows))
+    _log_scale(raw)
     return raw
+
+
+def _raw_measures(measures: list[float | None], n: int) -> np.ndarray:
+    """The measures of n rows, given flat, as (n, len(BASE)) float64 with NaN for None."""
+    return np.array(measures, dtype=float).reshape(n, len(BASE))
 
 
 def to_natural(values: np.ndarray, column: int) -> np.ndarray:
@@ -63,13 +82,26 @@ class ProviderNorms:
     """Median and robust scale of each measure per cell, per provider and over all rows.
 
     ``keys[j]`` names the groups of measure ``j``: ``"provider<SEP>refinement"`` for a cell,
-    ``"provider"`` for a provider and ``""`` for all rows.
+    ``"provider"`` for a provider and ``""`` for all rows. Treat it as immutable: lookup
+    tables are built from it once.
     """
 
     providers: list[str]
     keys: list[list[str]]
     median: list[np.ndarray]
     scale: list[np.ndarray]
+
+    def __post_init__(self) -> None:
+        # Every measure's norms in one flat table, and a last entry (median 0, scale 1) for
+        # a measure that has no norm at all; ``_where[j]`` maps group keys to entries.
+        offsets = np.cumsum([0] + [len(keys) for keys in self.keys])
+        self._where = [
+            {key: int(offsets[j]) + i for i, key in enumerate(keys)}
+            for j, keys in enumerate(self.keys)
+        ]
+        self._median = np.concatenate([*self.median, [0.0]]).astype(np.float64)
+        self._scale = np.concatenate([*self.scale, [1.0]]).astype(np.float64)
+        self._memo: dict[tuple, tuple[int, ...]] = {}
 
     @classmethod
     def fit(cls, base: np.ndarray, rows: Sequence[Row]) -> ProviderNorms:
@@ -100,33 +132,50 @@ class ProviderNorms:
             scales.append(np.array(scale, dtype=float))
         return cls(sorted(set(providers)), names, medians, scales)
 
+    def resolve(
+        self, provider: str, use_case: str | None, model: str | None
+    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Each measure's entry in the flat tables, and its level (index into ``LEVELS``).
+
+        The cell's norm if it has one, else the provider's, else that of all rows.
+        """
+        refinement = {"use_case": use_case, "model": model}
+        entries, levels = [], []
+        for j, attribute in enumerate(REFINED_BY):
+            cell = f"{provider}{SEP}{refinement[attribute] or ''}"
+            keys = (cell, provider, "")
+            level = next((lv for lv, key in enumerate(keys) if key in self._where[j]), None)
+            if level is None:  # not even a norm of all rows: the neutral entry
+                entries.append(len(self._median) - 1)
+                levels.append(LEVELS.index("all"))
+            else:
+                entries.append(self._where[j][keys[level]])
+                levels.append(level)
+        return tuple(entries), tuple(levels)
+
+    def _entries(self, key: tuple[str, str | None, str | None]) -> tuple[int, ...]:
+        """``resolve(*key)[0]``, remembered."""
+        if len(self._memo) >= MEMO_SIZE:
+            self._memo.clear()
+        entries = self._memo[key] = self.resolve(*key)[0]
+        return entries
+
     def lookup(self, rows: Sequence[Row]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Median, scale and level (index into ``LEVELS``) of each row's norm, (n, len(BASE))."""
-        n = len(rows)
-        median, scale = np.zeros((n, len(BASE))), np.ones((n, len(BASE)))
-        level = np.full((n, len(BASE)), 2, dtype=np.int8)
-        for j in range(len(BASE)):
-            where = {key: i for i, key in enumerate(self.keys[j])}
-            everyone = where.get("")
-            for i, (row, cell) in enumerate(zip(rows, _cell_keys(rows, j), strict=True)):
-                for lvl, key in enumerate((cell, row.provider)):
-                    found = where.get(key)
-                    if found is not None:
-                        level[i, j] = lvl
-                        break
-                else:
-                    found = everyone
-                if found is not None:
-                    median[i, j] = self.median[j][found]
-                    scale[i, j] = self.scale[j][found]
-        return median, scale, level
+        resolved = [self.resolve(r.provider, r.use_case, r.model) for r in rows]
+        shape = (len(rows), len(BASE))
+        entries = np.array([e for e, _ in resolved], dtype=np.int64).reshape(shape)
+        levels = np.array([lv for _, lv in resolved], dtype=np.int8).reshape(shape)
+        return self._median[entries], self._scale[entries], levels
 
     def distances(self, base: np.ndarray, rows: Sequence[Row]) -> np.ndarray:
         """Signed robust z of each measure, oriented so that larger is stranger; 0 if missing."""
-        median, scale, _ = self.lookup(rows)
-        z = (base - median) / scale
-        z = np.where(LOW_SIDE_ONLY, -z, np.abs(z))
-        return np.nan_to_num(z, nan=0.0)
+        entries = [self.resolve(r.provider, r.use_case, r.model)[0] for r in rows]
+        codes = np.array(entries, dtype=np.int64).reshape(len(rows), len(BASE))
+        distance = np.empty((len(rows), len(BASE)))
+        base = np.require(base, np.float64, ["C", "W"])  # the one type the kernel is compiled for
+        _distances(base, codes, self._median, self._scale, distance)
+        return distance
 
 
 def feature_names() -> list[str]:
@@ -146,6 +195,17 @@ class ContextCounts:
     session_counts: np.ndarray  # (sessions, providers + use cases)
     wallets: dict[str, int]
     wallet_counts: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.provider_index = {p: i for i, p in enumerate(self.providers)}
+        self.use_case_index = {u: i for i, u in enumerate(self.use_cases)}
+        # The kernel is compiled for writeable, C-ordered float32 tables.
+        width = len(self.providers) + len(self.use_cases)
+        self.session_counts = np.require(self.session_counts, np.float32, ["C", "W"])
+        self.wallet_counts = np.require(self.wallet_counts, np.float32, ["C", "W"])
+        for table in (self.session_counts, self.wallet_counts):
+            if table.ndim != 2 or table.shape[1] != width:
+                raise ValueError(f"context counts have shape {table.shape}, not (n, {width})")
 
 
 def context_counts(
@@ -179,46 +239,173 @@ def _own_onehot(
     return own
 
 
-def context_matrix(
+# --- all features -----------------------------------------------------------------------
+
+
+class Features(NamedTuple):
+    base: np.ndarray  # (n, len(BASE)), from base_matrix
+    distance: np.ndarray  # (n, len(BASE)), from ProviderNorms.distances
+    context: np.ndarray  # (n, 2 * (providers + use cases) + use cases): the context model's input
+    others: np.ndarray  # (n, 2, providers + 1)
+    provider: np.ndarray  # (n,) index into ContextCounts.providers, -1 if unseen
+
+
+def featurise(
     rows: Sequence[Row],
+    norms: ProviderNorms,
     counts: ContextCounts,
     context: Sequence[Mapping[str, Mapping[str, float]] | None] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The context model's input, and the other calls of each row's session and wallet.
+) -> Features:
+    """Every feature of every row: distances from the norms, and the context model's input.
 
-    Returns ``(X, others)``: ``X`` holds, for the session and the wallet, the share of
-    their other calls per provider and per use case (over ``calls + 1``, so one call is
-    weak evidence), then the row's own use case; ``others`` is (n, 2, providers + 1):
-    the other calls per provider and in total, for the reasons.
+    The context model's input holds, for the session and the wallet, the share of their
+    other calls per provider and per use case (over ``calls + 1``, so one call is weak
+    evidence), then the row's own use case; ``others`` holds the other calls per provider
+    and in total, for the reasons.
 
     The stored counts include the rows trained on, so a row's own call is taken off when
     its session or wallet holds one like it. ``context[i]``, when given, holds fresher
     counts of the other calls per provider (``{"session": {p: n}, "wallet": {p: n}}``) and
     replaces the stored provider counts of that row.
     """
-    n_p, n_u = len(counts.providers), len(counts.use_cases)
-    own = _own_onehot(rows, counts.providers, counts.use_cases)
-    parts = []
-    others = np.zeros((len(rows), 2, n_p + 1))
-    for k, (attribute, index, table, name) in enumerate(
-        (
-            ("session_id", counts.sessions, counts.session_counts, "session"),
-            ("wallet", counts.wallets, counts.wallet_counts, "wallet"),
+    memo, entries = norms._memo, norms._entries
+    p_index, u_index = counts.provider_index, counts.use_case_index
+    sessions, wallets = counts.sessions, counts.wallets
+    # Flat lists: numpy converts them faster than lists of tuples.
+    measures: list[float | None] = []
+    codes: list[int] = []
+    add_measures, add_codes = measures.extend, codes.extend
+    for row in rows:
+        provider, use_case, model, session, wallet = _KEYS(row)
+        key = (provider, use_case, model)
+        add_codes(memo.get(key) or entries(key))
+        add_codes(
+            (
+                p_index.get(provider, -1),
+                u_index.get(use_case, -1),
+                sessions.get(session, -1),  # None and "" are never keys
+                wallets.get(wallet, -1),
+            )
         )
-    ):
-        mine = np.zeros((len(rows), n_p + n_u))
-        found = np.array([index.get(getattr(r, attribute) or "", -1) for r in rows], dtype=int)
-        known = found >= 0
-        mine[known] = table[found[known]]
-        mine = np.where(mine >= own, mine - own, mine)
-        if context is not None:
-            for i, extra in enumerate(context):
-                fresh = (extra or {}).get(name)
-                if fresh is not None:
-                    mine[i, :n_p] = [float(fresh.get(p, 0.0)) for p in counts.providers]
-        for block in (mine[:, :n_p], mine[:, n_p:]):
-            parts.append(block / (block.sum(axis=1, keepdims=True) + 1.0))
-        others[:, k, :n_p] = mine[:, :n_p]
-        others[:, k, n_p] = mine[:, :n_p].sum(axis=1)
-    parts.append(own[:, n_p:])
-    return np.hstack(parts), others
+        add_measures(_MEASURES(row))
+    n, n_p = len(rows), len(counts.providers)
+    fresh, has_fresh = _NO_FRESH, _NO_FRESH_FLAGS
+    if context is not None:
+        given_at: list[int] = []  # 2 * row + (0 for the session, 1 for the wallet)
+        given_counts: list[list[float]] = []
+        for i, extra in enumerate(context):
+            for k, scope in enumerate(("session", "wallet")):
+                given = (extra or {}).get(scope)
+                if given is not None:
+                    given_at.append(2 * i + k)
+                    given_counts.append([float(given.get(p, 0.0)) for p in counts.providers])
+        fresh, has_fresh = np.zeros((n, 2, n_p)), np.zeros((n, 2), dtype=np.bool_)
+        if given_at:  # more entries than rows is an IndexError, as it always was
+            fresh.reshape(2 * n, n_p)[given_at] = given_counts
+            has_fresh.reshape(2 * n)[given_at] = True
+    base = _raw_measures(measures, n)
+    distance, X, others, provider = _featurise(
+        base,
+        np.array(codes, dtype=np.int64).reshape(n, 8),
+        norms._median,
+        norms._scale,
+        counts.session_counts,
+        counts.wallet_counts,
+        n_p,
+        fresh,
+        has_fresh,
+    )
+    return Features(base, distance, X, others, provider)
+
+
+# Stand-ins for "no fresh context", so the kernel keeps one signature.
+_NO_FRESH = np.zeros((0, 2, 0))
+_NO_FRESH_FLAGS = np.zeros((0, 2), dtype=np.bool_)
+_MAX = float(np.finfo(np.float64).max)
+
+
+@numba.njit(cache=True, nogil=True)
+def _log_scale(raw: np.ndarray) -> None:
+    """In place: the measures of ``raw`` (n, len(BASE)) on the model's scale."""
+    for i in range(raw.shape[0]):
+        for j in range(raw.shape[1]):
+            if LOG_SCALED[j]:
+                raw[i, j] = np.log1p(raw[i, j])
+
+
+@numba.njit(cache=True, nogil=True)
+def _distances(
+    base: np.ndarray, codes: np.ndarray, median: np.ndarray, scale: np.ndarray, out: np.ndarray
+) -> None:
+    """Robust z of ``base`` against the norm entries in ``codes[:, :len(BASE)]``, into out."""
+    for i in range(base.shape[0]):
+        for j in range(base.shape[1]):
+            entry = codes[i, _NORM + j]
+            z = (base[i, j] - median[entry]) / scale[entry]
+            z = -z if LOW_SIDE_ONLY[j] else abs(z)
+            # np.nan_to_num's: a missing measure is normal, infinities the largest floats.
+            if z != z:
+                z = 0.0
+            elif z > _MAX:
+                z = _MAX
+            elif z < -_MAX:
+                z = -_MAX
+            out[i, j] = z
+
+
+@numba.njit(cache=True, nogil=True)
+def _featurise(
+    base: np.ndarray,
+    codes: np.ndarray,
+    median: np.ndarray,
+    scale: np.ndarray,
+    session_counts: np.ndarray,
+    wallet_counts: np.ndarray,
+    n_providers: int,
+    fresh: np.ndarray,
+    has_fresh: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """featurise's arithmetic, given the raw measures (put on the model's scale in place)
+    and each row's codes (see the _NORM... column numbers)."""
+    n, n_p = base.shape[0], n_providers
+    width = session_counts.shape[1]
+    n_u = width - n_p
+    _log_scale(base)
+    distance = np.empty((n, base.shape[1]))
+    _distances(base, codes, median, scale, distance)
+    X = np.zeros((n, 2 * width + n_u))
+    others = np.zeros((n, 2, n_p + 1))
+    mine = np.empty(width)
+    for i in range(n):
+        provider, use_case = codes[i, _PROVIDER], codes[i, _USE_CASE]
+        for k in range(2):
+            table = session_counts if k == 0 else wallet_counts
+            found = codes[i, _SESSION + k]
+            for c in range(width):
+                mine[c] = table[found, c] if found >= 0 else 0.0
+            # The row's own call, when its session or wallet holds one like it.
+            if provider >= 0 and mine[provider] >= 1.0:
+                mine[provider] -= 1.0
+            if use_case >= 0 and mine[n_p + use_case] >= 1.0:
+                mine[n_p + use_case] -= 1.0
+            if has_fresh.shape[0] and has_fresh[i, k]:
+                for c in range(n_p):
+                    mine[c] = fresh[i, k, c]
+            calls = 0.0
+            for c in range(n_p):
+                calls += mine[c]
+            uses = 0.0
+            for c in range(n_p, width):
+                uses += mine[c]
+            for c in range(n_p):
+                X[i, k * width + c] = mine[c] / (calls + 1.0)
+                others[i, k, c] = mine[c]
+            for c in range(n_p, width):
+                X[i, k * width + c] = mine[c] / (uses + 1.0)
+            others[i, k, n_p] = calls
+        if use_case >= 0:
+            X[i, 2 * width + use_case] = 1.0
+    provider = np.empty(n, np.int64)
+    for i in range(n):
+        provider[i] = codes[i, _PROVIDER]
+    return distance, X, others, provider

@@ -1,14 +1,18 @@
 """The anomaly detector on a small planted ledger: it finds what was planted, says why in
-words, and survives its pickle-free round trip."""
+words, survives its pickle-free round trip, and its compiled scoring computes what the
+features' definitions say, one row at a time as in a batch."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from analytics import anomaly, features, forest
 from analytics.anomaly import AnomalyDetector
 from analytics.contract import Row, parse_line
+from analytics.features import BASE, LOG_SCALED, LOW_SIDE_ONLY, REFINED_BY, SEP, base_matrix
 from analytics.simulate import SimConfig, simulate
 
 
@@ -96,3 +100,150 @@ def test_contamination_none_uses_a_fixed_evidence_level(planted) -> None:
     flagged = [f["id"] for f in auto.flag(rows) if f["is_anomaly"]]
     hits = sum(i in truth["anomalies"] for i in flagged)
     assert hits / len(flagged) > 0.8 and hits / len(truth["anomalies"]) > 0.8
+
+
+# --- scoring equals its definition, one row as in a batch ----------------------------------
+
+@pytest.fixture(scope="module")
+def odd(planted) -> tuple[list[Row], list]:
+    """Planted rows, rows the model has not seen the like of, and fresh contexts for some."""
+    rows = planted[0]
+    changes: list[dict] = [
+        {"provider": "newcomer"},
+        {"score": None, "latency_ms": None},
+        {"output_len": None},
+        {"session_id": None, "wallet": None},
+        {"session_id": "sess-unknown", "wallet": "THRunknown"},
+        {"model": None, "use_case": None},
+        {"model": "brand-new-model", "use_case": "brand-new"},
+        {"provider": "mistral"},
+        {"latency_ms": 1e9, "score": 0.0},
+    ]
+    picked = rows[:: len(rows) // 300]
+    mixed = picked + [r._replace(**changes[i % len(changes)]) for i, r in enumerate(picked)]
+    contexts = [
+        None,
+        {"session": {"claude": 30}},
+        {"wallet": {"gpt": 2, "newcomer": 5}, "session": None},
+        {"session": {}, "wallet": {"local": 1.5}},
+    ]
+    return mixed, [contexts[i % len(contexts)] for i in range(len(mixed))]
+
+
+def reference(detector: AnomalyDetector, rows: list[Row], context: list | None):
+    """Scores and evidence by the definitions in analytics.features and .anomaly, in plain
+    numpy, row by row: what the compiled kernels must reproduce."""
+    norms, counts = detector.norms_, detector.context_
+    base = np.array([[getattr(r, m) for m in BASE] for r in rows], dtype=float)
+    base[:, LOG_SCALED] = np.log1p(base[:, LOG_SCALED])
+    median, scale = np.zeros(base.shape), np.ones(base.shape)
+    level = np.full(base.shape, 2)
+    for j in range(len(BASE)):
+        where = {key: i for i, key in enumerate(norms.keys[j])}
+        for i, r in enumerate(rows):
+            keys = (f"{r.provider}{SEP}{getattr(r, REFINED_BY[j]) or ''}", r.provider, "")
+            found = [(lv, where[key]) for lv, key in enumerate(keys) if key in where]
+            if found:
+                level[i, j], entry = found[0]
+                median[i, j], scale[i, j] = norms.median[j][entry], norms.scale[j][entry]
+    z = (base - median) / scale
+    distance = np.nan_to_num(np.where(LOW_SIDE_ONLY, -z, np.abs(z)), nan=0.0)
+
+    n_p = len(counts.providers)
+    X, others = [], np.zeros((len(rows), 2, n_p + 1))
+    for i, r in enumerate(rows):
+        own = np.zeros(n_p + len(counts.use_cases))
+        if r.provider in counts.providers:
+            own[counts.providers.index(r.provider)] = 1
+        if r.use_case in counts.use_cases:
+            own[n_p + counts.use_cases.index(r.use_case)] = 1
+        parts = []
+        scopes = (("session", r.session_id, counts.sessions, counts.session_counts),)
+        scopes += (("wallet", r.wallet, counts.wallets, counts.wallet_counts),)
+        for k, (scope, key, index, table) in enumerate(scopes):
+            mine = table[index[key]].astype(float) if key in index else np.zeros(own.size)
+            mine = np.where(mine >= own, mine - own, mine)
+            given = ((context[i] if context else None) or {}).get(scope)
+            if given is not None:
+                mine[:n_p] = [given.get(p, 0.0) for p in counts.providers]
+            parts += [mine[:n_p] / (mine[:n_p].sum() + 1), mine[n_p:] / (mine[n_p:].sum() + 1)]
+            others[i, k] = [*mine[:n_p], mine[:n_p].sum()]
+        X.append(np.concatenate([*parts, own[n_p:]]))
+    logits = np.array(X) @ detector.coef_.T + detector.intercept_
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    classes = detector.classes_
+    probability = [
+        probs[i, classes.index(r.provider)] if r.provider in classes else np.nan
+        for i, r in enumerate(rows)
+    ]
+    surprise = -np.log(np.clip(np.nan_to_num(probability, nan=1.0), 1e-12, 1.0))
+    raw = np.column_stack([distance, surprise])
+    evidence = (raw - detector.center_) / detector.spread_
+    strangeness = -detector.forest_.score_samples(evidence)
+    forest = (strangeness - detector.forest_center_) / detector.forest_spread_
+    evidence = np.column_stack([evidence, forest])
+    return (evidence.max(axis=1), evidence, base, others, raw), (median, level)
+
+
+@pytest.mark.parametrize("with_context", [False, True])
+def test_compiled_scoring_follows_the_definitions(planted, odd, with_context) -> None:
+    detector = planted[2]
+    rows, contexts = odd
+    context = contexts if with_context else None
+    expected, (median, level) = reference(detector, rows, context)
+    got = detector._evaluate(rows, context)
+    names = ("scores", "evidence", "base", "others", "raw")
+    for name, want, have in zip(names, expected, got, strict=True):
+        np.testing.assert_allclose(have, want, rtol=0, atol=1e-9, err_msg=name)
+    # What the reasons name: each measure's norm and whose it is.
+    lookup = detector.norms_.lookup(rows)
+    np.testing.assert_array_equal(lookup[0], median)
+    np.testing.assert_array_equal(lookup[2], level)
+
+
+def test_one_row_at_a_time_flags_as_in_a_batch(planted, odd) -> None:
+    detector = planted[2]
+    rows, contexts = odd
+    for context in (None, contexts):
+        batch = detector.flag(rows, context)
+        scores = detector.score(rows, context)
+        assert any(f["is_anomaly"] for f in batch)
+        for i, row in enumerate(rows):
+            one = [context[i]] if context else None
+            assert detector.flag([row], one) == [batch[i]]
+            assert detector.score([row], one)[0] == scores[i]
+
+
+def test_norm_memory_is_bounded_and_changes_nothing(planted, odd, monkeypatch) -> None:
+    detector = AnomalyDetector.from_bytes(planted[2].to_bytes())
+    rows = odd[0]
+    expected = detector.flag(rows)
+    monkeypatch.setattr(features, "MEMO_SIZE", 3)
+    fresh = AnomalyDetector.from_bytes(planted[2].to_bytes())
+    assert fresh.flag(rows) == expected
+    assert len(fresh.norms_._memo) <= 3
+
+
+def test_each_kernel_is_compiled_once(planted, odd) -> None:
+    # Each new argument type would compile (and cache) the kernel again: callers convert
+    # whatever they are given to the one type each kernel takes.
+    rows, contexts = odd
+    detector = AnomalyDetector.from_bytes(planted[2].to_bytes())
+    detector.flag(rows[:1])
+    detector.flag(rows, contexts)
+    detector.norms_.distances(np.asfortranarray(base_matrix(rows)), rows)
+    X = np.zeros((3, detector.forest_.n_features_in_), dtype=np.float32)
+    readonly = X.astype(float)
+    readonly.flags.writeable = False
+    for given in (X, np.asfortranarray(X), readonly, X.tolist(), pd.DataFrame(X)):
+        detector.forest_.score_samples(given)
+    kernels = [
+        anomaly._evidence,
+        anomaly._combine,
+        features._featurise,
+        features._distances,
+        features._log_scale,
+        forest._score_samples,
+    ]
+    assert [len(kernel.signatures) for kernel in kernels] == [1] * len(kernels)
