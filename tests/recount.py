@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from analytics.contract import Row, parse_line
-from thronos_analytics import keys, store
+from thronos_analytics import keys
 from workers.queues import SCORING
 
 
@@ -34,7 +34,6 @@ def recount(rows: list[Row], scope: str) -> dict[str, tuple[int, float, float]]:
 
 
 def stored(r, scope: str) -> dict[str, tuple[int, float, float]]:
-    store.fold_aggregates(r)
     calls = r.hgetall(keys.agg(scope, "calls"))
     credits = r.hgetall(keys.agg(scope, "credits"))
     scores = r.hgetall(keys.agg(scope, "score_sum"))

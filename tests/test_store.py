@@ -3,7 +3,6 @@ however batches repeat, overlap or hold the same row twice."""
 
 from __future__ import annotations
 
-import threading
 from collections import defaultdict
 from pathlib import Path
 
@@ -62,8 +61,6 @@ def expected_aggregates(rows: list[Row]) -> dict[str, dict[str, float]]:
 
 
 def assert_state_matches(r, rows: list[Row]) -> None:
-    store.fold_aggregates(r)
-    assert r.llen(keys.AGG_DELTAS) == 0
     for key, expected in expected_aggregates(rows).items():
         actual = {k.decode(): float(v) for k, v in r.hgetall(key).items()}
         assert actual.keys() == expected.keys(), key
@@ -121,19 +118,3 @@ def test_batches_of_mixed_sizes_equal_one_batch(r, env, rows):
         start += size
     assert_state_matches(r, rows[:start])
     assert_published_once(r, start)
-
-
-def test_folds_in_small_steps_and_at_once_from_two_threads_add_each_batch_once(
-    r, env, rows, monkeypatch
-):
-    monkeypatch.setattr(store, "FOLD_FIELDS", 300)  # many fold calls, each a prefix
-    for start in range(0, 1200, 40):
-        part = rows[start : start + 40]
-        store.apply_batch(r, part, flags_for(part))
-    assert r.llen(keys.AGG_DELTAS) == 30
-    folds = [threading.Thread(target=store.fold_aggregates, args=(r,)) for _ in range(2)]
-    for fold in folds:
-        fold.start()
-    for fold in folds:
-        fold.join()
-    assert_state_matches(r, rows[:1200])

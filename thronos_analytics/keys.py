@@ -39,9 +39,6 @@ REJECTED_STREAM_MAXLEN = 10_000
 AGG_MEASURES = ("calls", "score_sum", "score_n", "credits", "mix", "uc")
 PAIR_MEASURES = ("mix", "uc")  # keyed "<id>\t<provider>" and "<id>\t<use case>"
 AGG_SCOPES = ("session", "wallet")
-# LIST of JSON: each scored batch's aggregate increments, until store.fold_aggregates adds
-# them to the hashes above and below (training folds before it reads).
-AGG_DELTAS = P + "agg:deltas"
 SESSION_WALLET = P + "agg:session:wallet"  # HASH session -> wallet
 WALLET_SESSIONS = P + "agg:wallet:sessions"  # HASH wallet -> number of sessions
 WALLET_SESSION_SEEN = P + "agg:wallet:session_seen"  # HASH "wallet\tsession" -> 1

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -51,7 +50,9 @@ local VALUES = IDS + n_new
 local CHUNK = 1000
 local seen, flags, flag_stream, anomalies = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local window, pending, stats, by_provider = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local model_current, agg_deltas, scored_this_minute = KEYS[9], KEYS[10], KEYS[11]
+local model_current, scored_this_minute, session_wallet = KEYS[9], KEYS[10], KEYS[11]
+local wallet_sessions, wallet_session_seen = KEYS[12], KEYS[13]
+-- KEYS[14..25]: the per-session, then the per-wallet, measures (keys.AGG_MEASURES)
 
 if use_model == '0' and redis.call('EXISTS', model_current) == 1 then
   return {0, -1}  -- a model was published meanwhile: the caller scores and calls again
@@ -74,8 +75,16 @@ for i = 0, n_new - 1, CHUNK do
   redis.call('SADD', seen, unpack(ARGV, IDS + i, IDS + math.min(i + CHUNK, n_new) - 1))
 end
 if n_new > 0 then
-  -- The batch's aggregates wait as one entry; fold_aggregates adds them up before training.
-  redis.call('RPUSH', agg_deltas, ARGV[7])
+  -- The batch's aggregates, summed by the caller: one call per session or wallet and measure.
+  local totals = cjson.decode(ARGV[7])
+  for _, t in ipairs(totals.i) do redis.call('HINCRBY', KEYS[t[1]], t[2], t[3]) end
+  for _, t in ipairs(totals.f) do redis.call('HINCRBYFLOAT', KEYS[t[1]], t[2], t[3]) end
+  for _, t in ipairs(totals.sw) do redis.call('HSET', session_wallet, t[1], t[2]) end
+  for _, t in ipairs(totals.p) do
+    if redis.call('HSETNX', wallet_session_seen, t[2], 1) == 1 then
+      redis.call('HINCRBY', wallet_sessions, t[1], 1)
+    end
+  end
   local top = redis.call('XREVRANGE', window, '+', '-', 'COUNT', 1)
   local total = n_new
   if #top > 0 then total = total + tonumber(string.match(top[1][1], '^%d+')) end
@@ -147,14 +156,18 @@ _BATCH_KEYS = [
     keys.STATS,
     keys.ANOMALIES_BY_PROVIDER,
     keys.model_current("anomaly"),
-    keys.AGG_DELTAS,
-]
-# The hashes the aggregates fold into; _totals names them by 1-based position here.
-_AGG_KEYS = [
+    "",  # this minute's counter, keys.scored_in_minute: filled in per call
+    keys.SESSION_WALLET,
+    keys.WALLET_SESSIONS,
+    keys.WALLET_SESSION_SEEN,
     *(keys.agg("session", m) for m in keys.AGG_MEASURES),
     *(keys.agg("wallet", m) for m in keys.AGG_MEASURES),
 ]
-_SESSION_KEY, _WALLET_KEY = 1, 1 + len(keys.AGG_MEASURES)
+_MINUTE_KEY = _BATCH_KEYS.index("")
+# Lua's 1-based KEYS index of the first per-session and per-wallet measure; _totals names
+# the hashes it increments by these.
+_SESSION_KEY = _BATCH_KEYS.index(keys.agg("session", keys.AGG_MEASURES[0])) + 1
+_WALLET_KEY = _BATCH_KEYS.index(keys.agg("wallet", keys.AGG_MEASURES[0])) + 1
 
 
 def apply_batch(
@@ -181,13 +194,19 @@ def apply_batch(
     new = list(first.values())
     while True:
         reply = _script(r, "apply_batch")(
-            keys=[*_BATCH_KEYS, keys.scored_in_minute(int(time.time() // 60))],
+            keys=_batch_keys(),
             args=_batch_args(rows, flags, flag_json, new, use_model),
         )
         if reply[0] != b"clash":
             return int(reply[0]), int(reply[1])
         seen = {new[int(i)] for i in reply[1]}
         new = [i for i in new if i not in seen]
+
+
+def _batch_keys() -> list[str]:
+    batch_keys = list(_BATCH_KEYS)
+    batch_keys[_MINUTE_KEY] = keys.scored_in_minute(int(time.time() // 60))
+    return batch_keys
 
 
 def _batch_args(
@@ -245,7 +264,7 @@ def _anomaly_record(row: Row, flag: dict[str, Any]) -> bytes:
 
 
 def _totals(rows: Sequence[Row]) -> dict[str, Any]:
-    """The aggregates of ``rows``: increments per (``_AGG_KEYS`` position, field), each
+    """The aggregates of ``rows``: increments per (KEYS index, field), each
     session's wallet, and the (wallet, session) pairs."""
     sums: dict[tuple[int, str], list] = {}  # calls, score sum, scores, credits
     counts: dict[tuple[int, str], int] = {}  # calls per provider and per use case
@@ -281,8 +300,6 @@ def _totals(rows: Sequence[Row]) -> dict[str, Any]:
             floats.append([k + 1, who, repr(score_sum)])
         floats.append([k + 3, who, repr(credits)])
     return {
-        # Rows are new exactly once, so the first one's id makes every entry unique.
-        "id": rows[0].id if rows else "",
         "i": ints,
         "f": floats,
         "sw": [[sid, wallet] for sid, wallet in session_wallet.items()],
@@ -290,93 +307,9 @@ def _totals(rows: Sequence[Row]) -> dict[str, Any]:
     }
 
 
-_FOLD_AGGREGATES = """
--- KEYS: 1 the delta list, 2.. _AGG_KEYS, then session_wallet, wallet_sessions and
--- wallet_session_seen. ARGV: 1 entries summed, 2 sha1 of the first, 3 their sum (JSON).
-local n, first, totals = tonumber(ARGV[1]), ARGV[2], cjson.decode(ARGV[3])
-local head = redis.call('LINDEX', KEYS[1], 0)
-if not head or redis.sha1hex(head) ~= first then return 0 end  -- another fold took them
-local last = #KEYS
-local session_wallet, wallet_sessions, wallet_session_seen = KEYS[last - 2], KEYS[last - 1],
-  KEYS[last]
-for _, t in ipairs(totals.i) do redis.call('HINCRBY', KEYS[t[1] + 1], t[2], t[3]) end
-for _, t in ipairs(totals.f) do redis.call('HINCRBYFLOAT', KEYS[t[1] + 1], t[2], t[3]) end
-for _, t in ipairs(totals.sw) do redis.call('HSET', session_wallet, t[1], t[2]) end
-for _, t in ipairs(totals.p) do
-  if redis.call('HSETNX', wallet_session_seen, t[2], 1) == 1 then
-    redis.call('HINCRBY', wallet_sessions, t[1], 1)
-  end
-end
-redis.call('LTRIM', KEYS[1], n, -1)
-return n
-"""
-# One fold call writes at most about this many fields: it blocks Redis for milliseconds.
-FOLD_FIELDS = 20_000
-_FOLD_KEYS = [
-    keys.AGG_DELTAS,
-    *_AGG_KEYS,
-    keys.SESSION_WALLET,
-    keys.WALLET_SESSIONS,
-    keys.WALLET_SESSION_SEEN,
-]
-
-
-def fold_aggregates(r: Redis) -> int:
-    """Add the aggregate entries scoring appended into the session and wallet hashes.
-
-    Scoring appends one entry per batch (one call, whatever the batch holds); folding sums
-    many entries here first, so a session seen in many batches costs one write per measure.
-    Each call adds up a prefix of the list and trims it in one script, which checks that
-    the prefix is still the one summed: two folds at once never add an entry twice.
-    Returns the entries folded.
-    """
-    folded = 0
-    while blobs := r.lrange(keys.AGG_DELTAS, 0, 99):
-        merged = _merge_totals(blobs)
-        args = [len(merged.entries), hashlib.sha1(blobs[0]).hexdigest(), merged.json()]
-        folded += int(_script(r, "fold_aggregates")(keys=_FOLD_KEYS, args=args))
-    return folded
-
-
-@dataclass
-class _Merged:
-    entries: list[bytes]
-    ints: Counter[tuple[int, str]]
-    floats: defaultdict[tuple[int, str], float]
-    session_wallet: dict[str, str]
-    pairs: dict[str, str]
-
-    def json(self) -> bytes:
-        return orjson.dumps(
-            {
-                "i": [[k, field, n] for (k, field), n in self.ints.items()],
-                "f": [[k, field, repr(x)] for (k, field), x in self.floats.items()],
-                "sw": list(map(list, self.session_wallet.items())),
-                "p": [[wallet, pair] for pair, wallet in self.pairs.items()],
-            }
-        )
-
-
-def _merge_totals(blobs: list[bytes]) -> _Merged:
-    """The sum of entries from the first, up to about ``FOLD_FIELDS`` fields."""
-    merged = _Merged([], Counter(), defaultdict(float), {}, {})
-    for blob in blobs:
-        totals = orjson.loads(blob)
-        for k, field, n in totals["i"]:
-            merged.ints[k, field] += n
-        for k, field, x in totals["f"]:
-            merged.floats[k, field] += float(x)
-        merged.session_wallet.update(totals["sw"])  # later batches' wallet wins
-        merged.pairs.update((pair, wallet) for wallet, pair in totals["p"])
-        merged.entries.append(blob)
-        if len(merged.ints) + len(merged.floats) >= FOLD_FIELDS:
-            break
-    return merged
-
-
 @cache
 def _scripts() -> dict[str, str]:
-    return {"apply_batch": _APPLY_BATCH, "fold_aggregates": _FOLD_AGGREGATES}
+    return {"apply_batch": _APPLY_BATCH}
 
 
 def _script(r: Redis, name: str) -> Any:

@@ -111,7 +111,6 @@ def drain_pending(r: store.Redis, send: Callable[[list[dict]], None]) -> int:
 
 
 def fit_profiles_model(r: store.Redis) -> tuple[bytes, dict]:
-    store.fold_aggregates(r)
     sessions = _aggregates(r, "session")
     wallets = _aggregates(r, "wallet")
     if len(sessions) < 3:
