@@ -15,7 +15,8 @@ A row's id is its ``id`` (or ``interaction_id``). Without one, the id is
 ``"h" + sha256(canonical JSON of the row)[:32]``, where the canonical JSON has sorted
 keys and no whitespace, so the same row always gets the same id wherever it is read.
 
-Everything downstream works on :class:`Row`; nothing else reads raw ledger JSON. Between
+Everything downstream works on :class:`Row`; nothing else reads raw ledger JSON. A row keeps
+only what the analytics use: the prompt and output hashes stay in the ledger. Between
 processes a row travels as its fields in order (:meth:`Row.to_wire`), a JSON array, which
 :meth:`Row.from_wire` checks field by field without parsing a dialect again.
 """
@@ -66,8 +67,6 @@ class Row(NamedTuple):
     output_len: float | None
     use_case: str | None
     success: bool
-    prompt_hash: str | None = None
-    output_hash: str | None = None
 
     def to_wire(self) -> list[Any]:
         """The fields in order: what travels to workers, parks in PENDING and fills the window."""
@@ -159,8 +158,6 @@ def normalise(obj: Any) -> Row:
         output_len=output_len,
         use_case=str(use_case).strip().lower()[:MAX_ID_CHARS] if use_case else None,
         success=_success(obj),
-        prompt_hash=_text(obj, "prompt_hash"),
-        output_hash=_text(obj, "output_hash"),
     )
 
 
@@ -282,7 +279,7 @@ def _success(obj: dict[str, Any]) -> bool:
 
 # --- the wire form: each field as normalise leaves it --------------------------------------
 
-_TEXT_FIELDS = (0, 2, 3, 4, 5, 12, 13)  # id, provider, model, session_id, wallet, hashes
+_TEXT_FIELDS = (0, 2, 3, 4, 5)  # id, provider, model, session_id, wallet
 _NUMBER_FIELDS = (6, 7, 8, 9)  # credits_used, score, latency_ms, output_len
 _NUMBER = (float, int)  # exact types: a bool is an int, and no bool is a number here
 
