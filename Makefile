@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run drain test lint bench clean
 
-$(STAMP): pyproject.toml
+# setup.py and the .pyx: the editable install compiles the scoring kernels; edits rebuild them.
+$(STAMP): pyproject.toml setup.py analytics/_kernels.pyx
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'

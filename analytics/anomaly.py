@@ -31,10 +31,10 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numba
 import numpy as np
 import orjson
 
+from analytics import _kernels
 from analytics.contract import Row
 from analytics.features import (
     BASE,
@@ -148,8 +148,8 @@ class AnomalyDetector:
         self._class_of = np.array(
             [where.get(p, -1) for p in self.context_.providers], dtype=np.int64
         )
-        self.coef_ = np.require(self.coef_, np.float64, ["C", "W"])
-        self.intercept_ = np.require(self.intercept_, np.float64, ["C", "W"])
+        self.coef_ = np.ascontiguousarray(self.coef_, np.float64)
+        self.intercept_ = np.ascontiguousarray(self.intercept_, np.float64)
 
     def _evidence(
         self, features: Features, center: np.ndarray, spread: np.ndarray
@@ -159,7 +159,7 @@ class AnomalyDetector:
         The surprise is ``-log P(row's provider | its session's and wallet's other calls)``;
         an unseen provider is named in the reasons, but alone it is no anomaly.
         """
-        return _evidence(
+        return _kernels.evidence(
             features.distance,
             features.context,
             features.provider,
@@ -174,7 +174,7 @@ class AnomalyDetector:
         self, evidence: np.ndarray, forest_score: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Evidence with the forest's appended, and each row's largest: its anomaly score."""
-        return _combine(
+        return _kernels.combine(
             evidence, forest_score, float(self.forest_center_), float(self.forest_spread_)
         )
 
@@ -331,70 +331,6 @@ class AnomalyDetector:
         detector.n_samples_ = header["n_samples"]
         detector._prepare_context_model()
         return detector
-
-
-@numba.njit(cache=True, nogil=True)
-def _evidence(
-    distance: np.ndarray,
-    X: np.ndarray,
-    provider: np.ndarray,
-    class_of: np.ndarray,
-    coef: np.ndarray,
-    intercept: np.ndarray,
-    center: np.ndarray,
-    spread: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """AnomalyDetector._evidence's arithmetic: a softmax over the context model's logits."""
-    n, n_base = distance.shape
-    n_classes, n_inputs = coef.shape
-    raw = np.empty((n, n_base + 1))
-    scaled = np.empty((n, n_base + 1))
-    logits = np.empty(n_classes)
-    for i in range(n):
-        for j in range(n_base):
-            raw[i, j] = distance[i, j]
-        c = class_of[provider[i]] if provider[i] >= 0 else -1
-        probability = np.nan
-        if c >= 0:
-            for k in range(n_classes):
-                total = 0.0
-                for f in range(n_inputs):
-                    total += X[i, f] * coef[k, f]
-                logits[k] = total + intercept[k]
-            top = logits[0]
-            for k in range(1, n_classes):
-                if logits[k] > top or logits[k] != logits[k]:  # NaN wins, as in np.max
-                    top = logits[k]
-            total = 0.0
-            for k in range(n_classes):
-                total += np.exp(logits[k] - top)
-            probability = np.exp(logits[c] - top) / total
-        if probability != probability:  # an unseen provider (or NaN context): no surprise
-            probability = 1.0
-        raw[i, n_base] = -np.log(min(max(probability, 1e-12), 1.0))
-        for j in range(n_base + 1):
-            scaled[i, j] = (raw[i, j] - center[j]) / spread[j]
-    return raw, scaled
-
-
-@numba.njit(cache=True, nogil=True)
-def _combine(
-    evidence: np.ndarray, forest_score: np.ndarray, forest_center: float, forest_spread: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """AnomalyDetector._combine's arithmetic; the forest's strangeness is -score_samples."""
-    n, m = evidence.shape
-    full = np.empty((n, m + 1))
-    scores = np.empty(n)
-    for i in range(n):
-        for j in range(m):
-            full[i, j] = evidence[i, j]
-        full[i, m] = (-forest_score[i] - forest_center) / forest_spread
-        best = full[i, 0]
-        for j in range(1, m + 1):
-            if full[i, j] > best or full[i, j] != full[i, j]:  # NaN wins, as in np.max
-                best = full[i, j]
-        scores[i] = best
-    return full, scores
 
 
 def _whose(row: Row, column: int, level: int) -> tuple[str, str]:

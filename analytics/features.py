@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import NamedTuple
 
-import numba
 import numpy as np
 
+from analytics import _kernels
 from analytics.contract import Row
 
 BASE = ("output_len", "score", "latency_ms", "credits_used")
@@ -51,14 +51,17 @@ MEMO_SIZE = 4096
 # attrgetter reads a dataclass and a named tuple alike, in one C call per row.
 _MEASURES = attrgetter(*BASE)
 _KEYS = attrgetter("provider", "use_case", "model", "session_id", "wallet")
-# Columns of the codes that featurise passes its kernel.
+# Columns of the codes that featurise passes its kernel (named alike in _kernels.pyx).
 _NORM, _PROVIDER, _USE_CASE, _SESSION, _WALLET = 0, 4, 5, 6, 7
+# LOG_SCALED and LOW_SIDE_ONLY as the kernels take them.
+_LOG_SCALED = LOG_SCALED.astype(np.uint8)
+_LOW_SIDE_ONLY = LOW_SIDE_ONLY.astype(np.uint8)
 
 
 def base_matrix(rows: Sequence[Row]) -> np.ndarray:
     """(n, len(BASE)) float64 on the model's scale, NaN where a row lacks the measure."""
     raw = _raw_measures([value for r in rows for value in _MEASURES(r)], len(rows))
-    _log_scale(raw)
+    _kernels.log_scale(raw, _LOG_SCALED)
     return raw
 
 
@@ -173,8 +176,8 @@ class ProviderNorms:
         entries = [self.resolve(r.provider, r.use_case, r.model)[0] for r in rows]
         codes = np.array(entries, dtype=np.int64).reshape(len(rows), len(BASE))
         distance = np.empty((len(rows), len(BASE)))
-        base = np.require(base, np.float64, ["C", "W"])  # the one type the kernel is compiled for
-        _distances(base, codes, self._median, self._scale, distance)
+        base = np.ascontiguousarray(base, np.float64)  # the one type the kernel takes
+        _kernels.distances(base, codes, self._median, self._scale, _LOW_SIDE_ONLY, distance)
         return distance
 
 
@@ -199,10 +202,10 @@ class ContextCounts:
     def __post_init__(self) -> None:
         self.provider_index = {p: i for i, p in enumerate(self.providers)}
         self.use_case_index = {u: i for i, u in enumerate(self.use_cases)}
-        # The kernel is compiled for writeable, C-ordered float32 tables.
+        # The kernel takes C-ordered float32 tables.
         width = len(self.providers) + len(self.use_cases)
-        self.session_counts = np.require(self.session_counts, np.float32, ["C", "W"])
-        self.wallet_counts = np.require(self.wallet_counts, np.float32, ["C", "W"])
+        self.session_counts = np.ascontiguousarray(self.session_counts, np.float32)
+        self.wallet_counts = np.ascontiguousarray(self.wallet_counts, np.float32)
         for table in (self.session_counts, self.wallet_counts):
             if table.ndim != 2 or table.shape[1] != width:
                 raise ValueError(f"context counts have shape {table.shape}, not (n, {width})")
@@ -304,108 +307,22 @@ def featurise(
             fresh.reshape(2 * n, n_p)[given_at] = given_counts
             has_fresh.reshape(2 * n)[given_at] = True
     base = _raw_measures(measures, n)
-    distance, X, others, provider = _featurise(
+    distance, X, others, provider = _kernels.featurise(
         base,
         np.array(codes, dtype=np.int64).reshape(n, 8),
         norms._median,
         norms._scale,
+        _LOG_SCALED,
+        _LOW_SIDE_ONLY,
         counts.session_counts,
         counts.wallet_counts,
         n_p,
         fresh,
-        has_fresh,
+        has_fresh.view(np.uint8),
     )
     return Features(base, distance, X, others, provider)
 
 
-# Stand-ins for "no fresh context", so the kernel keeps one signature.
+# Stand-ins for "no fresh context": no rows, which the kernel reads as none given.
 _NO_FRESH = np.zeros((0, 2, 0))
 _NO_FRESH_FLAGS = np.zeros((0, 2), dtype=np.bool_)
-_MAX = float(np.finfo(np.float64).max)
-
-
-@numba.njit(cache=True, nogil=True)
-def _log_scale(raw: np.ndarray) -> None:
-    """In place: the measures of ``raw`` (n, len(BASE)) on the model's scale."""
-    for i in range(raw.shape[0]):
-        for j in range(raw.shape[1]):
-            if LOG_SCALED[j]:
-                raw[i, j] = np.log1p(raw[i, j])
-
-
-@numba.njit(cache=True, nogil=True)
-def _distances(
-    base: np.ndarray, codes: np.ndarray, median: np.ndarray, scale: np.ndarray, out: np.ndarray
-) -> None:
-    """Robust z of ``base`` against the norm entries in ``codes[:, :len(BASE)]``, into out."""
-    for i in range(base.shape[0]):
-        for j in range(base.shape[1]):
-            entry = codes[i, _NORM + j]
-            z = (base[i, j] - median[entry]) / scale[entry]
-            z = -z if LOW_SIDE_ONLY[j] else abs(z)
-            # np.nan_to_num's: a missing measure is normal, infinities the largest floats.
-            if z != z:
-                z = 0.0
-            elif z > _MAX:
-                z = _MAX
-            elif z < -_MAX:
-                z = -_MAX
-            out[i, j] = z
-
-
-@numba.njit(cache=True, nogil=True)
-def _featurise(
-    base: np.ndarray,
-    codes: np.ndarray,
-    median: np.ndarray,
-    scale: np.ndarray,
-    session_counts: np.ndarray,
-    wallet_counts: np.ndarray,
-    n_providers: int,
-    fresh: np.ndarray,
-    has_fresh: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """featurise's arithmetic, given the raw measures (put on the model's scale in place)
-    and each row's codes (see the _NORM... column numbers)."""
-    n, n_p = base.shape[0], n_providers
-    width = session_counts.shape[1]
-    n_u = width - n_p
-    _log_scale(base)
-    distance = np.empty((n, base.shape[1]))
-    _distances(base, codes, median, scale, distance)
-    X = np.zeros((n, 2 * width + n_u))
-    others = np.zeros((n, 2, n_p + 1))
-    mine = np.empty(width)
-    for i in range(n):
-        provider, use_case = codes[i, _PROVIDER], codes[i, _USE_CASE]
-        for k in range(2):
-            table = session_counts if k == 0 else wallet_counts
-            found = codes[i, _SESSION + k]
-            for c in range(width):
-                mine[c] = table[found, c] if found >= 0 else 0.0
-            # The row's own call, when its session or wallet holds one like it.
-            if provider >= 0 and mine[provider] >= 1.0:
-                mine[provider] -= 1.0
-            if use_case >= 0 and mine[n_p + use_case] >= 1.0:
-                mine[n_p + use_case] -= 1.0
-            if has_fresh.shape[0] and has_fresh[i, k]:
-                for c in range(n_p):
-                    mine[c] = fresh[i, k, c]
-            calls = 0.0
-            for c in range(n_p):
-                calls += mine[c]
-            uses = 0.0
-            for c in range(n_p, width):
-                uses += mine[c]
-            for c in range(n_p):
-                X[i, k * width + c] = mine[c] / (calls + 1.0)
-                others[i, k, c] = mine[c]
-            for c in range(n_p, width):
-                X[i, k * width + c] = mine[c] / (uses + 1.0)
-            others[i, k, n_p] = calls
-        if use_case >= 0:
-            X[i, 2 * width + use_case] = 1.0
-    provider = np.empty(n, np.int64)
-    for i in range(n):
-        provider[i] = codes[i, _PROVIDER]
-    return distance, X, others, provider

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import numba
 import numpy as np
+
+from analytics import _kernels
 
 if TYPE_CHECKING:  # Scoring needs no scikit-learn; only from_sklearn imports it.
     from sklearn.ensemble import IsolationForest
@@ -83,15 +84,15 @@ class CompiledForest:
         self._depth = int(depth)
         self._denominator = float(denominator)
         # What the kernel walks, in the dtypes it is compiled for: node numbers as uint32
-        # (half the cache footprint; unsigned reads skip numba's negative-index check), and
-        # a node's children at 2 * node and 2 * node + 1 of ``_kids``.
+        # (half the cache footprint of int64), a node's children at 2 * node and
+        # 2 * node + 1 of ``_kids``, and the missing-value directions as bytes.
         if n_nodes >= 2**31:
             raise ValueError("forest has too many nodes for 32-bit node numbers")
         self._feature = self._arrays["feature"].astype(np.uint32)
         self._threshold = self._arrays["threshold"]
         kids = np.stack([self._arrays["left"], self._arrays["right"]], 1)
         self._kids = kids.ravel().astype(np.uint32)
-        self._missing_right = np.logical_not(self._arrays["missing_left"])
+        self._missing_right = np.logical_not(self._arrays["missing_left"]).view(np.uint8)
         self._value = self._arrays["value"]
         self._roots = self._arrays["roots"].astype(np.uint32)
 
@@ -164,10 +165,9 @@ class CompiledForest:
             raise ValueError(
                 f"X has shape {X.shape}; the forest expects (n_samples, {self.n_features_in_})"
             )
-        if not (X.flags.c_contiguous and X.flags.writeable):
-            X = X.copy(order="C")  # a read-only array would compile a second kernel
-        return _score_samples(
-            X,
+        # The kernel reads C-ordered rows; read-only arrays are fine as they are.
+        return _kernels.score_samples(
+            np.ascontiguousarray(X),
             self._feature,
             self._threshold,
             self._kids,
@@ -177,54 +177,3 @@ class CompiledForest:
             self._depth,
             self._denominator,
         )
-
-
-@numba.njit(cache=True, nogil=True)
-def _score_samples(
-    X: np.ndarray,
-    feature: np.ndarray,
-    threshold: np.ndarray,
-    kids: np.ndarray,
-    missing_right: np.ndarray,
-    value: np.ndarray,
-    roots: np.ndarray,
-    depth: int,
-    denominator: float,
-) -> np.ndarray:
-    """``score_samples`` of float64 ``X`` (rows, features), over CompiledForest's arrays."""
-    n_rows, n_features = X.shape
-    n_trees = roots.shape[0]
-    x = np.empty(n_features)
-    state = np.empty(n_trees, np.uint32)
-    out = np.empty(n_rows)
-    for i in range(n_rows):
-        # sklearn's trees see X as float32 and compare it, promoted back to float64, with
-        # float64 thresholds; values beyond float32's range become +-inf there too.
-        has_nan = False
-        for k in range(n_features):
-            x[k] = np.float64(np.float32(X[i, k]))
-            has_nan |= x[k] != x[k]
-        # All trees a step at a time, depth steps (a leaf is its own child): the trees'
-        # walks are independent, so the CPU overlaps them instead of waiting on each load.
-        for t in range(n_trees):
-            state[t] = roots[t]
-        if has_nan:  # NaN compares False, i.e. left; sklearn sends it the stored way.
-            for _ in range(depth):
-                for t in range(n_trees):
-                    node = state[t]
-                    v = x[feature[node]]
-                    right = (v > threshold[node]) | ((v != v) & missing_right[node])
-                    state[t] = kids[2 * node + right]
-        else:
-            for _ in range(depth):
-                for t in range(n_trees):
-                    node = state[t]
-                    state[t] = kids[2 * node + (x[feature[node]] > threshold[node])]
-        total = 0.0
-        for t in range(n_trees):
-            total += value[state[t]]
-        # With one training sample per tree the denominator is 0 and sklearn takes the
-        # ratio as 1. The sign is sklearn's: the paper's anomaly score, negated.
-        ratio = total / denominator if denominator else 1.0
-        out[i] = -(2.0**-ratio)
-    return out

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from analytics import anomaly, features, forest
+from analytics import features
 from analytics.anomaly import AnomalyDetector
 from analytics.contract import Row, parse_line
 from analytics.features import BASE, LOG_SCALED, LOW_SIDE_ONLY, REFINED_BY, SEP, base_matrix
@@ -225,25 +225,42 @@ def test_norm_memory_is_bounded_and_changes_nothing(planted, odd, monkeypatch) -
     assert len(fresh.norms_._memo) <= 3
 
 
-def test_each_kernel_is_compiled_once(planted, odd) -> None:
-    # Each new argument type would compile (and cache) the kernel again: callers convert
-    # whatever they are given to the one type each kernel takes.
+def test_callers_convert_what_the_kernels_take(planted, odd) -> None:
+    # Each compiled kernel takes C-ordered arrays of one dtype: callers convert whatever
+    # they are given (other orders and dtypes, strided views, read-only arrays, lists,
+    # frames), and the results do not depend on the form.
     rows, contexts = odd
     detector = AnomalyDetector.from_bytes(planted[2].to_bytes())
-    detector.flag(rows[:1])
-    detector.flag(rows, contexts)
-    detector.norms_.distances(np.asfortranarray(base_matrix(rows)), rows)
-    X = np.zeros((3, detector.forest_.n_features_in_), dtype=np.float32)
-    readonly = X.astype(float)
-    readonly.flags.writeable = False
-    for given in (X, np.asfortranarray(X), readonly, X.tolist(), pd.DataFrame(X)):
-        detector.forest_.score_samples(given)
-    kernels = [
-        anomaly._evidence,
-        anomaly._combine,
-        features._featurise,
-        features._distances,
-        features._log_scale,
-        forest._score_samples,
-    ]
-    assert [len(kernel.signatures) for kernel in kernels] == [1] * len(kernels)
+    expected = detector.flag(rows, contexts)
+
+    def odd_forms(a: np.ndarray, dtype: type = np.float64) -> list:
+        readonly = a.astype(dtype)
+        readonly.flags.writeable = False
+        strided = np.repeat(a, 2, axis=0)[::2]
+        return [np.asfortranarray(a), readonly, strided, a.astype(dtype).tolist()]
+
+    base = base_matrix(rows)
+    distance = detector.norms_.distances(base, rows)
+    for given in odd_forms(base):
+        np.testing.assert_array_equal(detector.norms_.distances(given, rows), distance)
+    # float32 inputs too: the forest rounds every input to float32 anyway.
+    evidence = detector._evaluate(rows, contexts)[1][:, :-1]
+    forest_score = detector.forest_.score_samples(evidence)
+    for given in [*odd_forms(evidence, np.float32), pd.DataFrame(evidence)]:
+        np.testing.assert_array_equal(detector.forest_.score_samples(given), forest_score)
+
+    # A model whose tables come in other orders and dtypes scores the same.
+    other = AnomalyDetector.from_bytes(planted[2].to_bytes())
+    counts = other.context_
+    other.context_ = type(counts)(
+        counts.providers,
+        counts.use_cases,
+        counts.sessions,
+        np.asfortranarray(counts.session_counts, dtype=np.float64),
+        counts.wallets,
+        counts.wallet_counts.astype(np.int64),
+    )
+    other.coef_, other.intercept_ = odd_forms(other.coef_)[0], odd_forms(other.intercept_)[1]
+    other._prepare_context_model()
+    assert other.flag(rows, contexts) == expected
+    assert other.flag(rows[:1]) == detector.flag(rows[:1])

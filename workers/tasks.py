@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 
 @worker_process_init.connect
 def _load_model(**_: Any) -> None:
-    # Load the model and its compiled kernels once per process, before the first batch
-    # waits for them (loading numba's cached kernels takes ~0.4 s, compiling them ~4 s).
+    # Load the model once per process and score a row with it, before the first batch
+    # waits for that (the kernels are compiled at install; this fetches and unpacks the
+    # artifact and touches the kernels' code and tables once).
     try:
         scoring.warm_up(store.connect())
     except Exception:  # Redis not up yet: the first batch loads it
