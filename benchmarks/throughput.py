@@ -499,6 +499,7 @@ def measure(
 ) -> dict[str, Any]:
     from analytics.contract import Row, parse_line
     from analytics.simulate import SimConfig, write
+    from producers.backfill import BACKFILL_BATCH
     from thronos_analytics import store
     from thronos_analytics.settings import settings
     from thronos_analytics.stack import worker_command
@@ -523,7 +524,7 @@ def measure(
         "batch_size": config.batch_size,
         "linger_ms": config.linger_ms,
         "window_rows": config.window_rows,
-        "backfill_batch": 2000,
+        "backfill_batch": BACKFILL_BATCH,
     }
 
     log("first 10k rows, first model, retrain + export at 10k")
@@ -614,6 +615,8 @@ def verdicts(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 
 
 def report(res: dict[str, Any]) -> str:
+    from thronos_analytics import keys
+
     m = res["machine"]
     naive = res["naive"]["rows_per_s"]
     lines = [
@@ -663,8 +666,8 @@ def report(res: dict[str, Any]) -> str:
         "",
         "Rows written one by one with `Recorder.record` (what `record_interaction` calls;"
         " fsync per row), emitted by the Outbox in micro-batches; the flag's arrival is read"
-        " with XREAD on `thronos:flags:stream`. Latency starts when the row's `ts` is taken,"
-        " just before the ledger append.",
+        f" with XREAD on `{keys.FLAG_STREAM}` (one entry per scored batch). Latency starts"
+        " when the row's `ts` is taken, just before the ledger append.",
         "",
         "| rate asked, rows/s | achieved | rows | p50 ms | p99 ms | max ms |",
         "|---|---|---|---|---|---|",

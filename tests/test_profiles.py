@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
+from analytics import profiles as profiles_module
 from analytics.contract import Row, parse_line
 from analytics.profiles import aggregates_from_rows, fit_profiles
 from analytics.simulate import SimConfig, simulate
@@ -42,3 +43,14 @@ def test_a_persona_keeps_its_label_across_retrains(planted) -> None:
         return {g: c.most_common(1)[0][0] for g, c in votes.items()}
 
     assert majority(first) == majority(second)
+
+
+def test_choosing_k_on_a_sample_labels_sessions_as_the_full_fit(planted, monkeypatch) -> None:
+    rows, _ = planted
+    aggregates = aggregates_from_rows(rows)
+    full = fit_profiles(*aggregates)
+    monkeypatch.setattr(profiles_module, "FIT_SAMPLE", 300)  # of ~1,200 sessions
+    sampled = fit_profiles(*aggregates)
+    assert sampled["k"] == full["k"]
+    same = [full["sessions"][s]["label"] == v["label"] for s, v in sampled["sessions"].items()]
+    assert len(same) == len(full["sessions"]) and sum(same) / len(same) > 0.98
