@@ -19,7 +19,11 @@ def send_batch(rows: Sequence[Row]) -> None:
     from workers.celery_app import app  # the app reads REDIS_URL when first imported
 
     if rows:
-        app.send_task(SCORE_BATCH, args=[[row.to_wire() for row in rows]], retry=False)
+        # A short argsrepr for Flower and events: Celery's own walks the whole batch.
+        argsrepr = f"[<{len(rows)} rows, first {rows[0].id}>]"
+        app.send_task(
+            SCORE_BATCH, args=[[row.to_wire() for row in rows]], argsrepr=argsrepr, retry=False
+        )
 
 
 class Outbox:
