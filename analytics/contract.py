@@ -80,8 +80,11 @@ class Row(NamedTuple):
         """
         if isinstance(data, dict):
             return normalise(data)
-        if not isinstance(data, list | tuple) or len(data) != len(cls._fields):
-            raise RowError(f"a wire row is an array of {len(cls._fields)} fields")
+        n = len(cls._fields)
+        if not isinstance(data, list | tuple):
+            raise RowError(f"row is a JSON {type(data).__name__}, not an object or array")
+        if len(data) != n:
+            raise RowError(f"wire row has {len(data)} fields, not {n}")
         error = _wire_error(data)
         if error is not None:
             raise RowError(f"wire row: {error}")

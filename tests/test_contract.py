@@ -245,5 +245,5 @@ def test_wire_rows_are_checked_field_by_field(index, value, reason):
 
 @pytest.mark.parametrize("wire", [GOOD_WIRE[:-1], [*GOOD_WIRE, None], "row", 5, None])
 def test_wire_rows_of_the_wrong_shape_are_refused(wire):
-    with pytest.raises(RowError, match="array of 12 fields|not an object"):
+    with pytest.raises(RowError, match="fields, not 12|not an object or array"):
         Row.from_wire(wire)
