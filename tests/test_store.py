@@ -118,3 +118,24 @@ def test_batches_of_mixed_sizes_equal_one_batch(r, env, rows):
         start += size
     assert_state_matches(r, rows[:start])
     assert_published_once(r, start)
+
+
+def test_status_counts_the_rows_scored_this_minute_and_the_recent_anomaly_rate(r, env, rows):
+    import time
+
+    from thronos_analytics.cli import _throughput
+
+    part = rows[:400]
+    batches = [part[start : start + 100] for start in range(0, 400, 100)]
+    anomalies = sum(f["is_anomaly"] for batch in batches for f in flags_for(batch))
+    before = time.time()
+    for batch in batches:
+        store.apply_batch(r, batch, flags_for(batch))
+    store.apply_batch(r, part, flags_for(part))  # a redelivery: nothing new, nothing counted
+    now = time.time()
+    if int(before // 60) != int(now // 60):
+        pytest.skip("the batches straddled a minute boundary")
+    throughput = _throughput(r, now)
+    assert throughput["rows_scored_last_minute"] == 400
+    assert throughput["last_flag_age_s"] is not None and throughput["last_flag_age_s"] < 60
+    assert throughput["recent_anomaly_rate"] == round(anomalies / 400, 5)
