@@ -42,14 +42,6 @@ def current_detector(r: store.Redis) -> tuple[str, AnomalyDetector] | None:
     return _loaded
 
 
-def warm_up(r: store.Redis) -> None:
-    """Load the current model and run its kernels once, on a row no one will see."""
-    loaded = current_detector(r)
-    if loaded is not None:
-        row = Row("warm-up", time.time(), "warm-up", None, None, None, 0.0, *(None,) * 4, True)
-        loaded[1].score([row])
-
-
 def _load(r: store.Redis, version: str) -> AnomalyDetector:
     published = store.model_version(r, "anomaly", version)
     if published is None:

@@ -25,11 +25,9 @@ log = logging.getLogger(__name__)
 
 @worker_process_init.connect
 def _load_model(**_: Any) -> None:
-    # Load the model once per process and score a row with it, before the first batch
-    # waits for that (the kernels are compiled at install; this fetches and unpacks the
-    # artifact and touches the kernels' code and tables once).
+    # Load the model once per process, before the first batch waits for it.
     try:
-        scoring.warm_up(store.connect())
+        scoring.current_detector(store.connect())
     except Exception:  # Redis not up yet: the first batch loads it
         log.warning("could not preload the anomaly model", exc_info=True)
 
