@@ -141,3 +141,23 @@ def test_status_fits_a_screen_and_keeps_its_json_keys(env, r):
     new = {"throughput", "lag", "backlog", "anomaly_rate", "last_rejection", "warnings"}
     assert old | new <= report.keys()
     assert set(report["models"]["anomaly"]) == {"version", "age_s", "n_samples", "last_failure"}
+
+
+def test_flags_prints_the_newest_flags_across_batches_oldest_first(env, r, tmp_path):
+    from thronos_analytics import store
+
+    ledger = tmp_path / "ledger.jsonl"
+    write(SimConfig(rows=60, seed=4, drop=False), ledger)
+    parsed = map(parse_line, ledger.read_bytes().splitlines())
+    rows = [row for row in parsed if isinstance(row, Row)]
+    for start in range(0, 60, 7):  # batches of 7: the last 10 flags span two of them
+        batch = rows[start : start + 7]
+        flags = [
+            {"id": row.id, "anomaly_score": 0.1, "is_anomaly": False, "reasons": []}
+            for row in batch
+        ]
+        store.apply_batch(r, batch, flags)
+    done = subprocess.run([*CLI, "flags", "--last", "10"], env=env, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()
+    printed = [orjson.loads(line)["id"] for line in done.stdout.splitlines()]
+    assert printed == [row.id for row in rows[-10:]]
