@@ -152,7 +152,7 @@ def _aggregates(r: store.Redis, scope: str) -> pd.DataFrame:
 def window_frame(r: store.Redis) -> pd.DataFrame:
     rows = store.window_rows(r, settings().window_rows)
     columns = ["ts", "provider", "use_case", "wallet", "score", "latency_ms", "credits_used"]
-    return pd.DataFrame([[getattr(row, c) for c in columns] for row in rows], columns=columns)
+    return pd.DataFrame(rows, columns=Row._fields)[columns]  # rows are named tuples
 
 
 def fit_recommender_model(r: store.Redis) -> tuple[bytes, dict]:
