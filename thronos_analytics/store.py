@@ -50,9 +50,10 @@ local VALUES = IDS + n_new
 local CHUNK = 1000
 local seen, flags, flag_stream, anomalies = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local window, pending, stats, by_provider = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local model_current, scored_this_minute, session_wallet = KEYS[9], KEYS[10], KEYS[11]
-local wallet_sessions, wallet_session_seen = KEYS[12], KEYS[13]
--- KEYS[14..25]: the per-session, then the per-wallet, measures (keys.AGG_MEASURES)
+local model_current, session_wallet = KEYS[9], KEYS[10]
+local wallet_sessions, wallet_session_seen = KEYS[11], KEYS[12]
+-- KEYS[13..24]: the per-session, then the per-wallet, measures (keys.AGG_MEASURES)
+local scored_this_minute = KEYS[#KEYS]
 
 if use_model == '0' and redis.call('EXISTS', model_current) == 1 then
   return {0, -1}  -- a model was published meanwhile: the caller scores and calls again
@@ -156,14 +157,12 @@ _BATCH_KEYS = [
     keys.STATS,
     keys.ANOMALIES_BY_PROVIDER,
     keys.model_current("anomaly"),
-    "",  # this minute's counter, keys.scored_in_minute: filled in per call
     keys.SESSION_WALLET,
     keys.WALLET_SESSIONS,
     keys.WALLET_SESSION_SEEN,
     *(keys.agg("session", m) for m in keys.AGG_MEASURES),
     *(keys.agg("wallet", m) for m in keys.AGG_MEASURES),
 ]
-_MINUTE_KEY = _BATCH_KEYS.index("")
 # Lua's 1-based KEYS index of the first per-session and per-wallet measure; _totals names
 # the hashes it increments by these.
 _SESSION_KEY = _BATCH_KEYS.index(keys.agg("session", keys.AGG_MEASURES[0])) + 1
@@ -194,19 +193,14 @@ def apply_batch(
     new = list(first.values())
     while True:
         reply = _script(r, "apply_batch")(
-            keys=_batch_keys(),
+            # Last: this minute's counter of scored rows.
+            keys=[*_BATCH_KEYS, keys.scored_in_minute(int(time.time() // 60))],
             args=_batch_args(rows, flags, flag_json, new, use_model),
         )
         if reply[0] != b"clash":
             return int(reply[0]), int(reply[1])
         seen = {new[int(i)] for i in reply[1]}
         new = [i for i in new if i not in seen]
-
-
-def _batch_keys() -> list[str]:
-    batch_keys = list(_BATCH_KEYS)
-    batch_keys[_MINUTE_KEY] = keys.scored_in_minute(int(time.time() // 60))
-    return batch_keys
 
 
 def _batch_args(
