@@ -10,7 +10,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
@@ -27,10 +28,14 @@ from workers.queues import SCORING, TRAINING
 from recount import assert_published_once, queued_batches
 
 
-def simulated_rows(tmp_path: Path, n: int, seed: int) -> list[Row]:
+def simulated_lines(tmp_path: Path, n: int, seed: int) -> list[bytes]:
     ledger = tmp_path / f"sim-{seed}.jsonl"
     write(SimConfig(rows=n, seed=seed, drop=False), ledger)
-    parsed = [parse_line(line) for line in ledger.read_bytes().splitlines()]
+    return ledger.read_bytes().splitlines()
+
+
+def simulated_rows(tmp_path: Path, n: int, seed: int) -> list[Row]:
+    parsed = [parse_line(line) for line in simulated_lines(tmp_path, n, seed)]
     return [row for row in parsed if isinstance(row, Row)]
 
 
@@ -116,27 +121,29 @@ def append_lines(ledger: Path, lines: list[bytes], chunks: int) -> None:
         time.sleep(0.005)
 
 
-def run_tail(ledger: Path, send: Recording, batch_size: int, linger_ms: float) -> TailProducer:
-    tail = TailProducer(ledger, send, lambda rejections: None, batch_size, linger_ms=linger_ms)
-    threading.Thread(target=tail.run, daemon=True).start()
-    return tail
-
-
-def test_tail_sends_every_line_once_in_small_batches(r, env, tmp_path):
-    source = tmp_path / "source.jsonl"
-    write(SimConfig(rows=2000, seed=24, drop=False), source)
-    lines = source.read_bytes().splitlines()
+@contextmanager
+def tailing(
+    tmp_path: Path, batch_size: int, linger_ms: float
+) -> Iterator[tuple[Path, Recording]]:
+    """An empty ledger followed by a running tail producer, stopped on exit."""
     ledger = tmp_path / "ai_ledger.jsonl"
     ledger.touch()
     send = Recording()
-    tail = run_tail(ledger, send, batch_size=25, linger_ms=1)
+    tail = TailProducer(ledger, send, lambda rejections: None, batch_size, linger_ms=linger_ms)
+    threading.Thread(target=tail.run, daemon=True).start()
     try:
+        yield ledger, send
+    finally:
+        tail.stop.set()
+
+
+def test_tail_sends_every_line_once_in_small_batches(r, env, tmp_path):
+    lines = simulated_lines(tmp_path, 2000, seed=24)
+    with tailing(tmp_path, batch_size=25, linger_ms=1) as (ledger, send):
         append_lines(ledger, lines, chunks=40)
         deadline = time.monotonic() + 60
         while sum(map(len, send.batches)) < len(lines) and time.monotonic() < deadline:
             time.sleep(0.01)
-    finally:
-        tail.stop.set()
     queued = queued_batches(r)
     assert queued == send.batches
     ids = [i for batch in queued for i in batch]
@@ -145,18 +152,12 @@ def test_tail_sends_every_line_once_in_small_batches(r, env, tmp_path):
 
 
 def test_tail_sends_a_lone_line_as_a_batch_of_one(r, env, tmp_path):
-    ledger = tmp_path / "ai_ledger.jsonl"
-    ledger.touch()
-    send = Recording()
-    tail = run_tail(ledger, send, batch_size=500, linger_ms=1)
-    try:
+    with tailing(tmp_path, batch_size=500, linger_ms=1) as (ledger, send):
         line = orjson.dumps({"id": "lone", "ts": 1772366400, "provider": "claude"})
         append_lines(ledger, [line], chunks=1)
         deadline = time.monotonic() + 10
         while not send.batches and time.monotonic() < deadline:
             time.sleep(0.01)
-    finally:
-        tail.stop.set()
     assert send.batches == [["lone"]]
 
 
@@ -212,19 +213,11 @@ def test_rows_through_the_outbox_are_scored_exactly_once(r, scoring_with_model, 
 
 
 def test_rows_through_the_tail_producer_are_scored_exactly_once(r, scoring_with_model, tmp_path):
-    source = tmp_path / "source.jsonl"
-    write(SimConfig(rows=2500, seed=27, drop=False), source)
-    lines = source.read_bytes().splitlines()
+    lines = simulated_lines(tmp_path, 2500, seed=27)
     rows = [row for row in map(parse_line, lines) if isinstance(row, Row)]
-    ledger = tmp_path / "ai_ledger.jsonl"
-    ledger.touch()
-    send = Recording()
-    tail = run_tail(ledger, send, batch_size=40, linger_ms=2)
-    try:
+    with tailing(tmp_path, batch_size=40, linger_ms=2) as (ledger, send):
         append_lines(ledger, lines, chunks=60)
         wait_for_flags(r, len(scoring_with_model) + len(rows))
-    finally:
-        tail.stop.set()
     assert_each_flagged_once(r, scoring_with_model, rows)
     assert max(map(len, send.batches)) <= 40
 
