@@ -102,7 +102,8 @@ def test_redis_restart_mid_stream_loses_nothing_and_everyone_reconnects(
 
     ledger = tmp_path / "ai_ledger.jsonl"
     ledger.write_bytes(b"".join(lines[:3000]))
-    tail = TailProducer(ledger, send_batch, DeadLetter(tmp_path / "rej.jsonl", "t", None).record)
+    dead_letter = DeadLetter(tmp_path / "rej.jsonl", "t", None)
+    tail = TailProducer(ledger, send_batch, dead_letter.record, confirm_with=r)
     thread = threading.Thread(target=tail.run, daemon=True)
     thread.start()
     try:

@@ -153,7 +153,9 @@ def _ledger_tail(config: Any, r: Any) -> Any:
     from producers.tail import TailProducer
 
     dead_letter = DeadLetter(config.rejected_file, config.ledger.name, r)
-    return TailProducer(config.ledger, send_batch, dead_letter.record, config.batch_size)
+    return TailProducer(
+        config.ledger, send_batch, dead_letter.record, config.batch_size, confirm_with=r
+    )
 
 
 def _serve(config: Any, stack: Any) -> None:
