@@ -231,7 +231,8 @@ def replay(r: Any, path: Path, timeout: float) -> dict[str, Any]:
 
     before = r.hlen(keys.FLAGS)
     started = time.perf_counter()
-    done = backfill(path, send_batch, lambda rejections: None)
+    # As the CLI runs it: with receipts, so it returns once Redis has seen every row.
+    done = backfill(path, send_batch, lambda rejections: None, confirm_with=r, timeout=timeout)
     sent = time.perf_counter()
     wait_until_all(r, done.ids, keys.FLAGS, timeout)
     finished = time.perf_counter()
@@ -253,8 +254,7 @@ def train_first_model(r: Any, path: Path, timeout: float) -> None:
     from workers import training
     from workers.celery_app import app
 
-    done = backfill(path, send_batch, lambda rejections: None)
-    wait_until_all(r, done.ids, keys.SEEN, timeout)
+    done = backfill(path, send_batch, lambda rejections: None, confirm_with=r, timeout=timeout)
     result = training.retrain(r, "anomaly", lambda: training.fit_anomaly(r, True))
     if "version" not in result:
         raise RuntimeError(f"training the first anomaly model failed: {result}")

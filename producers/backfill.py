@@ -1,6 +1,8 @@
 """Replaying a whole ledger file into the pipeline, in large batches, with a progress bar.
 
-Replaying is idempotent: rows are keyed by id, so a file fed twice is scored once.
+Replaying is idempotent: rows are keyed by id, so a file fed twice is scored once. Given
+Redis, a replay ends only when Redis has seen every row; rows lost on the way (see
+``producers.receipts``) are sent again.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from pathlib import Path
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
 from analytics.contract import Rejection, Row
+from producers.receipts import MAX_WAITING_ROWS, Receipts
 from producers.tail import Position, read_batches
+from thronos_analytics import store
 
 BACKFILL_BATCH = 5000
 
@@ -31,8 +35,13 @@ def backfill(
     send: Callable[[Sequence[Row]], None],
     reject: Callable[[Sequence[Rejection]], None],
     batch_size: int = BACKFILL_BATCH,
+    confirm_with: store.Redis | None = None,
+    timeout: float = 1800,
 ) -> Replay:
+    """Send every valid row of ``path`` and reject the rest. With ``confirm_with``, wait
+    (up to ``timeout`` seconds) until that Redis has seen every row."""
     replay = Replay()
+    receipts = Receipts(confirm_with, send) if confirm_with is not None else None
     with (
         Path(path).open("rb") as f,
         Progress(
@@ -47,10 +56,15 @@ def backfill(
         task = progress.add_task(f"replaying {path}", total=Path(path).stat().st_size)
         for batch in read_batches(f, Position(), batch_size):
             send(batch.rows)
+            if receipts is not None:
+                receipts.add(batch.rows)
+                receipts.wait(below=MAX_WAITING_ROWS, timeout=timeout)
             reject(batch.rejections)
             replay.ids.update(row.id for row in batch.rows)
             replay.rows += len(batch.rows)
             replay.rejected += len(batch.rejections)
             replay.lines = batch.end.line
             progress.update(task, completed=batch.end.offset)
+    if receipts is not None:
+        receipts.wait(timeout=timeout)
     return replay

@@ -7,11 +7,8 @@ ignores because every row has an id. Only complete lines are read: a partial las
 waits for its newline. A file that shrank was truncated and is read again from the top;
 a path that points at a new inode was rotated, and the old file is finished first.
 
-Given Redis, it also confirms that what it sent arrived. kombu's Redis transport pops a
-message before it records it as unacknowledged, so a message a worker was fetching when
-Redis went away is gone. The producer keeps the rows it sent until Redis has them all
-(``thronos:seen``), and after an outage or a restart of Redis sends the missing ones again:
-scoring ignores a row it has already seen.
+Given Redis, it also keeps receipts for what it sent (``producers.receipts``) and sends
+again the rows a Redis restart or a killed worker lost on the way.
 """
 
 from __future__ import annotations
@@ -19,8 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +24,8 @@ from typing import BinaryIO
 import orjson
 
 from analytics.contract import Rejection, Row, parse_line
-from thronos_analytics import keys, store
+from producers.receipts import MAX_WAITING_ROWS, Receipts
+from thronos_analytics import store
 from thronos_analytics.atomic_file import write_atomically
 from thronos_analytics.settings import settings
 
@@ -37,10 +33,6 @@ log = logging.getLogger(__name__)
 READ_CHUNK = 1 << 22
 # Shortest wait between polls of an idle ledger: a poll costs one read() of nothing.
 MIN_IDLE_POLL = 0.001
-# How often sent rows are checked against Redis, and at most how many wait for it: past
-# that the producer reads on only as Redis catches up.
-CONFIRM_EVERY_S = 1.0
-MAX_UNCONFIRMED_ROWS = 100_000
 
 
 @dataclass
@@ -108,7 +100,7 @@ class TailProducer:
         """``linger_ms`` (default ``THRONOS_LINGER_MS``) is how long an idle ledger waits for
         its next poll: a line written then is sent within that long, in a batch with every
         line written meanwhile (up to ``batch_size``). ``confirm_with`` is the Redis whose
-        ``thronos:seen`` confirms that sent rows arrived (see the module's docstring)."""
+        ``thronos:seen`` confirms that sent rows arrived."""
         if linger_ms is None:
             linger_ms = settings().linger_ms
         self.idle_poll = max(linger_ms / 1000.0, MIN_IDLE_POLL)
@@ -121,11 +113,7 @@ class TailProducer:
         self.file: BinaryIO | None = None
         self.stop = threading.Event()
         self.sent = 0
-        self.redis = confirm_with
-        self.unconfirmed: deque[list[Row]] = deque()
-        self.redis_id: str | None = None  # Redis's run_id: it changes when Redis restarts
-        self.outage = False
-        self.next_check = 0.0
+        self.receipts = Receipts(confirm_with, send) if confirm_with is not None else None
 
     def run(self) -> None:
         backoff = 0.05
@@ -135,7 +123,8 @@ class TailProducer:
                     moved = self.step()
                     backoff = 0.05
                 except Exception as exc:  # Redis or broker down, file unreadable: wait
-                    self.outage = True
+                    if self.receipts is not None:
+                        self.receipts.lost_contact()
                     log.warning("tail of %s paused (%s); retry in %.1fs", self.ledger, exc, backoff)
                     self.stop.wait(backoff)
                     backoff = min(backoff * 2, 5.0)
@@ -151,9 +140,9 @@ class TailProducer:
         if self.file is None and not self._open():
             return False
         assert self.file is not None
-        if self.redis is not None:
-            self._confirm()
-            if sum(map(len, self.unconfirmed)) >= MAX_UNCONFIRMED_ROWS:
+        if self.receipts is not None:
+            self.receipts.check()
+            if self.receipts.waiting >= MAX_WAITING_ROWS:
                 return False
         if os.fstat(self.file.fileno()).st_size < self.position.offset:
             log.warning("%s was truncated; reading it again from the top", self.ledger)
@@ -161,8 +150,8 @@ class TailProducer:
         moved = False
         for batch in read_batches(self.file, self.position, self.batch_size):
             self.send(batch.rows)
-            if self.redis is not None and batch.rows:
-                self.unconfirmed.append(batch.rows)
+            if self.receipts is not None:
+                self.receipts.add(batch.rows)
             self.reject(batch.rejections)
             self._move(batch.end)
             self.sent += len(batch.rows)
@@ -175,29 +164,6 @@ class TailProducer:
             self._move(Position())
             return True
         return moved
-
-    def _confirm(self) -> None:
-        """Forget the batches Redis has every row of; after an outage, send the rest again."""
-        assert self.redis is not None
-        if not self.outage and time.monotonic() < self.next_check:
-            return
-        redis_id = self.redis.info("server")["run_id"]
-        if self.outage or redis_id != self.redis_id:
-            if self.redis_id is not None:
-                log.warning("Redis was away: sending again the rows it has not seen")
-            resent = [missing for rows in self.unconfirmed if (missing := self._missing(rows))]
-            for missing in resent:
-                self.send(missing)
-            self.unconfirmed = deque(resent)
-            self.redis_id, self.outage = redis_id, False
-        while self.unconfirmed and not self._missing(self.unconfirmed[0]):
-            self.unconfirmed.popleft()
-        self.next_check = time.monotonic() + CONFIRM_EVERY_S
-
-    def _missing(self, rows: list[Row]) -> list[Row]:
-        assert self.redis is not None
-        seen = self.redis.smismember(keys.SEEN, [row.id for row in rows])
-        return [row for row, present in zip(rows, seen, strict=True) if not present]
 
     def _open(self) -> bool:
         try:

@@ -20,12 +20,15 @@ import redis
 
 from analytics.contract import Row, parse_line
 from analytics.simulate import SimConfig, write
+from producers import receipts as receipts_module
+from producers.backfill import backfill
 from producers.emit import Outbox, send_batch
+from producers.receipts import Receipts
 from producers.tail import TailProducer
 from thronos_analytics import keys, store
 from workers.queues import SCORING, TRAINING
 
-from recount import assert_published_once, queued_batches
+from recount import assert_published_once, ledger_rows, queued_batches
 
 
 def simulated_lines(tmp_path: Path, n: int, seed: int) -> list[bytes]:
@@ -289,4 +292,43 @@ def test_tail_sends_again_the_rows_a_redis_outage_lost(r, scoring_with_model, tm
             time.sleep(0.01)
         append_lines(ledger, lines[100:], chunks=1)
         wait_for_flags(r, len(scoring_with_model) + len(rows))
+    assert_each_flagged_once(r, scoring_with_model, rows)
+
+
+def test_a_backlog_is_not_sent_again_but_a_batch_lost_from_an_empty_queue_is(
+    r, env, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(receipts_module, "RESEND_AFTER_S", 0.0)
+    rows = simulated_rows(tmp_path, 200, seed=30)
+    receipts = Receipts(r, send_batch)
+    for part in (rows[:120], rows[120:]):
+        send_batch(part)
+        receipts.add(part)
+    receipts.check()  # overdue, but still queued: no worker has taken them yet
+    assert queued_batches(r) == [[row.id for row in rows[:120]], [row.id for row in rows[120:]]]
+    r.delete(SCORING)  # a worker took both and died before kombu recorded them
+    time.sleep(receipts_module.CHECK_EVERY_S)
+    receipts.check()
+    assert sorted(map(len, queued_batches(r))) == [80, 120]
+    assert receipts.waiting == len(rows)
+
+
+def test_backfill_ends_only_when_every_row_arrived_even_a_lost_batch(
+    r, scoring_with_model, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(receipts_module, "RESEND_AFTER_S", 0.5)
+    ledger = tmp_path / "ledger.jsonl"
+    ledger.write_bytes(b"".join(line + b"\n" for line in simulated_lines(tmp_path, 1000, 31)))
+    calls: list[int] = []
+
+    def lossy(batch: Sequence[Row]) -> None:
+        calls.append(len(batch))
+        if len(calls) != 2:  # the second is taken, then lost
+            send_batch(batch)
+
+    replay = backfill(ledger, lossy, lambda _: None, batch_size=300, confirm_with=r, timeout=60)
+    assert r.smismember(keys.SEEN, sorted(replay.ids)) == [1] * len(replay.ids)
+    assert len(calls) == 5 and calls[4] == calls[1]  # four batches, then the lost one again
+    rows = ledger_rows(ledger)
+    wait_for_flags(r, len(scoring_with_model) + len(rows))
     assert_each_flagged_once(r, scoring_with_model, rows)

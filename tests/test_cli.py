@@ -14,6 +14,7 @@ import orjson
 from analytics.contract import Row, parse_line
 from analytics.simulate import SimConfig, write
 from thronos_analytics import keys
+from workers.queues import SCORING
 
 CLI = [sys.executable, "-m", "thronos_analytics.cli"]
 
@@ -60,15 +61,20 @@ def test_simulate_shows_progress_on_a_terminal_and_nothing_otherwise(env, tmp_pa
     assert b"writing" in shown and b"\x1b[" in shown  # the bar, drawn with escape codes
 
 
-def test_backfill_is_quiet_off_a_terminal(env, r, tmp_path):
+def test_backfill_is_quiet_off_a_terminal_and_ends_when_redis_has_every_row(
+    env, r, workers, tmp_path
+):
     ledger = tmp_path / "old.jsonl"
     write(SimConfig(rows=500, seed=2, bad_rate=0.0), ledger)
+    workers.start("scoring1", SCORING)
+    workers.wait_ready()
     done = subprocess.run(
         [*CLI, "backfill", str(ledger)], env=env, capture_output=True, timeout=120
     )
     assert done.returncode == 0, done.stderr.decode()
     assert done.stderr == b""
     assert orjson.loads(done.stdout)["rows"] == 500
+    assert r.scard(keys.SEEN) == 500
 
 
 def test_worker_logs_json_lines_with_task_and_model_version(env, r, tmp_path):

@@ -14,12 +14,14 @@ import sys
 import textwrap
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import orjson
 import pytest
 
 from analytics.simulate import SimConfig, write
+from producers.backfill import backfill
 from producers.emit import send_batch
 from thronos_analytics import keys
 from workers.queues import SCORING, TRAINING
@@ -72,16 +74,19 @@ def test_kill_9_of_a_worker_child_and_of_a_whole_worker_loses_and_repeats_nothin
     workers.wait_ready()
     train_first_model(rows[:2000], r)
 
-    for start in range(2000, len(rows), 250):
-        send_batch(rows[start : start + 250])
-    wait_for(lambda: r.hlen(keys.FLAGS) > 12_000, what="a third of the stream")
-    os.kill(children(first.pid)[0], signal.SIGKILL)  # one prefork child, mid-batch
-    wait_for(lambda: r.hlen(keys.FLAGS) > 25_000, what="half of the stream")
-    os.killpg(second.pid, signal.SIGKILL)  # a whole worker: parent and child
-    second.wait()
-    workers.start("scoring3", SCORING, concurrency=1, extra_env=WORKER_ENV)
+    # A worker killed as it fetches a message loses that message in kombu's Redis transport:
+    # the backfill's receipts send such rows again.
+    with ThreadPoolExecutor(1) as pool:
+        replay = pool.submit(backfill, ledger, send_batch, lambda _: None, 250, r, 240)
+        wait_for(lambda: r.hlen(keys.FLAGS) > 12_000, what="a third of the stream")
+        os.kill(children(first.pid)[0], signal.SIGKILL)  # one prefork child, mid-batch
+        wait_for(lambda: r.hlen(keys.FLAGS) > 25_000, what="half of the stream")
+        os.killpg(second.pid, signal.SIGKILL)  # a whole worker: parent and child
+        second.wait()
+        workers.start("scoring3", SCORING, concurrency=1, extra_env=WORKER_ENV)
+        replay.result()
 
-    wait_for(lambda: r.hlen(keys.FLAGS) == len(rows), timeout=240, what="every row scored")
+    wait_for(lambda: r.hlen(keys.FLAGS) == len(rows), timeout=60, what="every row scored")
     assert_scored_exactly_once(r, rows)
 
 

@@ -219,17 +219,18 @@ def simulate(
 
 @app.command()
 def backfill(path: Annotated[Path, typer.Argument(help="ledger file to replay")]) -> None:
-    """Replay a whole ledger file into the pipeline (idempotent: rows are keyed by id)."""
+    """Replay a whole ledger file into the pipeline (idempotent: rows are keyed by id).
+
+    Returns once Redis has seen every row, sending again any that were lost on the way."""
     from producers.backfill import backfill as replay_file
     from producers.dead_letter import DeadLetter
     from producers.emit import send_batch
     from thronos_analytics import store
 
     config = settings()
-    dead_letter = DeadLetter(
-        path.with_name(path.stem + ".rejected.jsonl"), path.name, store.connect()
-    )
-    replay = replay_file(path, send_batch, dead_letter.record)
+    r = store.connect()
+    dead_letter = DeadLetter(path.with_name(path.stem + ".rejected.jsonl"), path.name, r)
+    replay = replay_file(path, send_batch, dead_letter.record, confirm_with=r)
     _print_json(
         {
             "lines": replay.lines,
@@ -342,9 +343,9 @@ def _status_report(r: Any) -> dict[str, Any]:
 
 def _queue_depths(r: Any) -> dict[str, int]:
     """Messages waiting per queue, asked of the broker (Redis or RabbitMQ)."""
-    from workers.queues import QUEUES
+    from workers.queues import QUEUES, is_amqp
 
-    if not (settings().broker_url or "").startswith(("amqp", "pyamqp")):
+    if not is_amqp(settings().broker_url):
         return {q.name: r.llen(q.name) for q in QUEUES}
     from workers.celery_app import app as celery_app
 

@@ -45,8 +45,10 @@ def drain(config: Settings, redis_url: str, timeout: float = 1800) -> dict[str, 
     r = store.connect(redis_url)
     started = time.perf_counter()
     dead_letter = DeadLetter(config.rejected_file, config.ledger.name, r)
-    replay = backfill(config.ledger, send_batch, dead_letter.record)
-    wait_until_all(r, replay.ids, keys.SEEN, timeout)
+    # Returns once Redis has seen every row.
+    replay = backfill(
+        config.ledger, send_batch, dead_letter.record, confirm_with=r, timeout=timeout
+    )
     ingested = time.perf_counter()
     # Rows wait in PENDING until a model exists; training now drains them to scoring.
     anomaly = retrain_anomaly.apply_async(kwargs={"force": True}).get(timeout=timeout)

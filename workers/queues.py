@@ -8,9 +8,13 @@ TRAINING = "training"  # retrains and the export: long tasks, never ahead of a f
 QUEUES = (Queue(SCORING), Queue(TRAINING))
 
 
+def is_amqp(broker_url: str | None) -> bool:
+    return (broker_url or "").startswith(("amqp", "pyamqp", "amqps"))
+
+
 def queues_for(broker_url: str | None) -> tuple[Queue, ...]:
     """On RabbitMQ, quorum queues: replicated, and safe across a broker node's loss."""
-    if (broker_url or "").startswith(("amqp", "pyamqp", "amqps")):
+    if is_amqp(broker_url):
         return tuple(Queue(q.name, queue_arguments={"x-queue-type": "quorum"}) for q in QUEUES)
     return QUEUES
 

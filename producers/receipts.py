@@ -1,0 +1,119 @@
+"""Receipts for sent rows: kept until Redis has every row, sent again if they went missing.
+
+kombu's Redis transport pops a message before it records it as unacknowledged. A message
+is gone if Redis stops, or the worker fetching it is killed, between the two. So a
+producer keeps what it sent until ``thronos:seen`` holds every row, and sends the missing
+rows again; scoring ignores a row it has already seen, so a resend costs only work.
+
+Missing rows are sent again
+- at the next check after a failed send or a restart of Redis (its ``run_id`` changed);
+- once a batch has waited ``resend_after`` seconds while nothing is queued for scoring:
+  nothing is ahead of it, so it was lost, or a dead worker holds it until the visibility
+  timeout. Resending then also beats that timeout. RabbitMQ has no such window, and its
+  queue is not in Redis to look at, so there only the first rule applies.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from analytics.contract import Row
+from thronos_analytics import keys, store
+from thronos_analytics.settings import settings
+from workers.queues import SCORING, is_amqp
+
+log = logging.getLogger(__name__)
+CHECK_EVERY_S = 1.0
+RESEND_AFTER_S = 10.0
+# At most this many rows wait for their receipt: past that a producer waits for Redis.
+MAX_WAITING_ROWS = 100_000
+
+
+@dataclass
+class Sent:
+    rows: list[Row]
+    at: float
+
+
+class Receipts:
+    def __init__(
+        self,
+        redis: store.Redis,
+        send: Callable[[Sequence[Row]], None],
+    ) -> None:
+        self.redis = redis
+        self.send = send
+        self.resend_after = None if is_amqp(settings().broker_url) else RESEND_AFTER_S
+        self.sent: deque[Sent] = deque()
+        self.waiting = 0  # rows sent and not yet seen by Redis
+        self.redis_id: str | None = None  # Redis's run_id: it changes when Redis restarts
+        self.outage = False
+        self.next_check = 0.0
+
+    def add(self, rows: Sequence[Row]) -> None:
+        if rows:
+            self.sent.append(Sent(list(rows), time.monotonic()))
+            self.waiting += len(rows)
+
+    def lost_contact(self) -> None:
+        """A send or a check failed: at the next check, everything missing goes again."""
+        self.outage = True
+
+    def check(self) -> None:
+        """Forget the batches Redis has every row of; send again the ones that went missing.
+
+        Runs at most every ``CHECK_EVERY_S``, but at once after ``lost_contact``."""
+        now = time.monotonic()
+        if not self.outage and now < self.next_check:
+            return
+        redis_id = self.redis.info("server")["run_id"]
+        if self.outage or self.redis_id not in (None, redis_id):
+            resent = self._resend(list(self.sent), now)
+            log.warning("Redis was away: sent again the %d rows it had not seen", resent)
+        self.redis_id, self.outage = redis_id, False
+        while self.sent and not self._missing(self.sent[0]):
+            self.waiting -= len(self.sent.popleft().rows)
+        overdue = []
+        if self.resend_after is not None:
+            overdue = [s for s in self.sent if now - s.at >= self.resend_after]
+        if overdue and not self.redis.llen(SCORING) and (resent := self._resend(overdue, now)):
+            log.warning("%d rows were lost on their way to scoring; sent them again", resent)
+        self.next_check = now + CHECK_EVERY_S
+
+    def wait(self, below: int = 1, timeout: float = 1800, poll: float = 0.05) -> None:
+        """Block until fewer than ``below`` sent rows wait for Redis (by default: none),
+        sending again what went missing."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check()
+            if self.waiting < below:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{self.waiting:,} sent rows still not seen by Redis after {timeout:.0f}s:"
+                    " are the scoring workers running?"
+                )
+            time.sleep(poll)
+
+    def _resend(self, batches: list[Sent], now: float) -> int:
+        """Send again the rows of ``batches`` that Redis has not seen; how many there were."""
+        resent = 0
+        for sent in batches:
+            missing = self._missing(sent)
+            self.waiting -= len(sent.rows) - len(missing)
+            sent.rows, sent.at = missing, now
+            if missing:
+                self.send(missing)
+                resent += len(missing)
+        self.sent = deque(s for s in self.sent if s.rows)
+        return resent
+
+    def _missing(self, sent: Sent) -> list[Row]:
+        if not sent.rows:
+            return []
+        seen = self.redis.smismember(keys.SEEN, [row.id for row in sent.rows])
+        return [row for row, present in zip(sent.rows, seen, strict=True) if not present]
