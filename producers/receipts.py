@@ -7,7 +7,7 @@ rows again; scoring ignores a row it has already seen, so a resend costs only wo
 
 Missing rows are sent again
 - at the next check after a failed send or a restart of Redis (its ``run_id`` changed);
-- once a batch has waited ``resend_after`` seconds while nothing is queued for scoring:
+- once a batch has waited ``RESEND_AFTER_S`` while nothing is queued for scoring:
   nothing is ahead of it, so it was lost, or a dead worker holds it until the visibility
   timeout. Resending then also beats that timeout. RabbitMQ has no such window, and its
   queue is not in Redis to look at, so there only the first rule applies.
@@ -40,11 +40,7 @@ class Sent:
 
 
 class Receipts:
-    def __init__(
-        self,
-        redis: store.Redis,
-        send: Callable[[Sequence[Row]], None],
-    ) -> None:
+    def __init__(self, redis: store.Redis, send: Callable[[Sequence[Row]], None]) -> None:
         self.redis = redis
         self.send = send
         self.resend_after = None if is_amqp(settings().broker_url) else RESEND_AFTER_S
