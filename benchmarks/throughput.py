@@ -245,6 +245,44 @@ def replay(r: Any, path: Path, timeout: float) -> dict[str, Any]:
     }
 
 
+CPU_PARTS = ("producer", "Redis", "worker parents", "worker children")
+
+
+def cpu_seconds(workers: Processes, server: Any) -> dict[str, float]:
+    """CPU seconds used so far by each part of the pipeline. The producer is this process
+    (``backfill`` and the completion poll); worker parents receive and hand on messages,
+    their prefork children score."""
+    import psutil
+
+    def used(process: psutil.Process) -> float:
+        times = process.cpu_times()
+        return times.user + times.system
+
+    out = dict.fromkeys(CPU_PARTS, 0.0)
+    out["producer"] = used(psutil.Process())
+    out["Redis"] = used(psutil.Process(server.process.pid))
+    for process in workers.running.values():
+        parent = psutil.Process(process.pid)
+        out["worker parents"] += used(parent)
+        out["worker children"] += sum(used(c) for c in parent.children(recursive=True))
+    return out
+
+
+def replay_with_cpu(
+    r: Any, path: Path, timeout: float, workers: Processes, server: Any
+) -> dict[str, Any]:
+    """``replay``, plus each part's CPU per row and how many cores were busy meanwhile."""
+    before = cpu_seconds(workers, server)
+    result = replay(r, path, timeout)
+    after = cpu_seconds(workers, server)
+    spent = {part: after[part] - before[part] for part in CPU_PARTS}
+    result["cpu_us_per_row"] = {
+        part: round(seconds / result["rows"] * 1e6, 1) for part, seconds in spent.items()
+    }
+    result["cores_busy"] = round(sum(spent.values()) / result["seconds"], 2)
+    return result
+
+
 def train_first_model(r: Any, path: Path, timeout: float) -> None:
     """Rows ingested with no model wait in PENDING; train, then drain them to scoring."""
     from producers.backfill import backfill
@@ -541,11 +579,11 @@ def measure(
         out["near_real_time"].append(near_real_time(r, scratch, rate, seconds))
 
     log("bulk: 90k rows through backfill")
-    out["bulk"] = {"100k": replay(r, parts[1], 900)}
+    out["bulk"] = {"100k": replay_with_cpu(r, parts[1], 900, workers, server)}
     out["retrain"]["100k"] = retrain_and_export(r, scratch / "ai_analytics.json")
     if len(parts) > 2:
         log(f"bulk: {sizes[2]:,} rows through backfill")
-        out["bulk"]["1m"] = replay(r, parts[2], 1800)
+        out["bulk"]["1m"] = replay_with_cpu(r, parts[2], 1800, workers, server)
         log("retrain + export at the full ledger")
         out["retrain"]["1m"] = retrain_and_export(r, scratch / "ai_analytics.json")
     out["worker_rss_mb"] = workers.rss()
@@ -661,6 +699,18 @@ def report(res: dict[str, Any]) -> str:
         f" rows; live batches up to {s['batch_size']} rows, linger {s['linger_ms']} ms."
         " Times run from the first row sent to the last flag readable in Redis; the"
         " producer shares the machine with the workers and Redis.",
+        "",
+        "CPU per row during each bulk replay, by part of the pipeline (µs; the producer"
+        " includes the completion poll, Redis serves it):",
+        "",
+        f"| replay | {' | '.join(CPU_PARTS)} | total | cores busy |",
+        "|---|" + "---|" * (len(CPU_PARTS) + 2),
+        *(
+            f"| {label} ledger | "
+            + " | ".join(str(bulk["cpu_us_per_row"][part]) for part in CPU_PARTS)
+            + f" | {sum(bulk['cpu_us_per_row'].values()):.1f} | {bulk['cores_busy']} |"
+            for label, bulk in res["bulk"].items()
+        ),
         "",
         "### Near real time: ledger write → flag readable in Redis",
         "",

@@ -48,7 +48,7 @@ class Receipts:
         self.waiting = 0  # rows sent and not yet seen by Redis
         self.redis_id: str | None = None  # Redis's run_id: it changes when Redis restarts
         self.outage = False
-        self.next_check = 0.0
+        self.last_check = -float("inf")
 
     def add(self, rows: Sequence[Row]) -> None:
         if rows:
@@ -59,12 +59,12 @@ class Receipts:
         """A send or a check failed: at the next check, everything missing goes again."""
         self.outage = True
 
-    def check(self) -> None:
+    def check(self, every: float = CHECK_EVERY_S) -> None:
         """Forget the batches Redis has every row of; send again the ones that went missing.
 
-        Runs at most every ``CHECK_EVERY_S``, but at once after ``lost_contact``."""
+        Runs at most once per ``every`` seconds, but at once after ``lost_contact``."""
         now = time.monotonic()
-        if not self.outage and now < self.next_check:
+        if not self.outage and now < self.last_check + every:
             return
         redis_id = self.redis.info("server")["run_id"]
         if self.outage or self.redis_id not in (None, redis_id):
@@ -78,14 +78,15 @@ class Receipts:
             overdue = [s for s in self.sent if now - s.at >= self.resend_after]
         if overdue and not self.redis.llen(SCORING) and (resent := self._resend(overdue, now)):
             log.warning("%d rows were lost on their way to scoring; sent them again", resent)
-        self.next_check = now + CHECK_EVERY_S
+        self.last_check = now
 
     def wait(self, below: int = 1, timeout: float = 1800, poll: float = 0.05) -> None:
         """Block until fewer than ``below`` sent rows wait for Redis (by default: none),
-        sending again what went missing."""
+        sending again what went missing. While blocked it checks every ``poll`` seconds,
+        rather than waiting for the next periodic check."""
         deadline = time.monotonic() + timeout
         while True:
-            self.check()
+            self.check(every=poll if self.waiting >= below else CHECK_EVERY_S)
             if self.waiting < below:
                 return
             if time.monotonic() > deadline:

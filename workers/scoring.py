@@ -8,6 +8,7 @@ and scoring goes on with the last good version.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from typing import Any
@@ -39,6 +40,10 @@ def current_detector(r: store.Redis) -> tuple[str, AnomalyDetector] | None:
     except Exception as exc:
         _refuse(r, version, exc)
         return _loaded or _last_good(r)
+    # What is alive now (the imports, the model) stays for the process's life. Frozen, the
+    # cyclic collector stops walking it each time a batch's rows trigger a collection,
+    # which cost ~40% of a scoring process's CPU.
+    gc.freeze()
     return _loaded
 
 
