@@ -245,13 +245,13 @@ def replay(r: Any, path: Path, timeout: float) -> dict[str, Any]:
     }
 
 
-CPU_PARTS = ("producer", "Redis", "worker parents", "worker children")
+CPU_PARTS = ("producer", "Redis", "Redis's AOF rewrites", "worker parents", "worker children")
 
 
-def cpu_seconds(workers: Processes, server: Any) -> dict[str, float]:
+def cpu_seconds(r: Any, workers: Processes, server: Any) -> dict[str, float]:
     """CPU seconds used so far by each part of the pipeline. The producer is this process
-    (``backfill`` and the completion poll); worker parents receive and hand on messages,
-    their prefork children score."""
+    (``backfill`` and the completion poll); Redis forks a child for each AOF rewrite;
+    worker parents receive and hand on messages, their prefork children score."""
     import psutil
 
     def used(process: psutil.Process) -> float:
@@ -261,6 +261,8 @@ def cpu_seconds(workers: Processes, server: Any) -> dict[str, float]:
     out = dict.fromkeys(CPU_PARTS, 0.0)
     out["producer"] = used(psutil.Process())
     out["Redis"] = used(psutil.Process(server.process.pid))
+    cpu = r.info("cpu")
+    out["Redis's AOF rewrites"] = cpu["used_cpu_user_children"] + cpu["used_cpu_sys_children"]
     for process in workers.running.values():
         parent = psutil.Process(process.pid)
         out["worker parents"] += used(parent)
@@ -272,9 +274,9 @@ def replay_with_cpu(
     r: Any, path: Path, timeout: float, workers: Processes, server: Any
 ) -> dict[str, Any]:
     """``replay``, plus each part's CPU per row and how many cores were busy meanwhile."""
-    before = cpu_seconds(workers, server)
+    before = cpu_seconds(r, workers, server)
     result = replay(r, path, timeout)
-    after = cpu_seconds(workers, server)
+    after = cpu_seconds(r, workers, server)
     spent = {part: after[part] - before[part] for part in CPU_PARTS}
     result["cpu_us_per_row"] = {
         part: round(seconds / result["rows"] * 1e6, 1) for part, seconds in spent.items()
