@@ -77,7 +77,9 @@ def test_kill_9_of_a_worker_child_and_of_a_whole_worker_loses_and_repeats_nothin
     # A worker killed as it fetches a message loses that message in kombu's Redis transport:
     # the backfill's receipts send such rows again.
     with ThreadPoolExecutor(1) as pool:
-        replay = pool.submit(backfill, ledger, send_batch, lambda _: None, 250, r, 240)
+        replay = pool.submit(
+            backfill, ledger, send_batch, lambda _: None, 250, confirm_with=r, timeout=240
+        )
         wait_for(lambda: r.hlen(keys.FLAGS) > 12_000, what="a third of the stream")
         os.kill(children(first.pid)[0], signal.SIGKILL)  # one prefork child, mid-batch
         wait_for(lambda: r.hlen(keys.FLAGS) > 25_000, what="half of the stream")
