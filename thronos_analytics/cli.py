@@ -160,7 +160,7 @@ def _ledger_tail(config: Any, r: Any) -> Any:
 
 def _serve(config: Any, stack: Any) -> None:
     from thronos_analytics import store
-    from workers.tasks import refresh_signature
+    from workers.tasks import refresh_analytics
 
     r = store.connect(stack.redis_url)
     tail = _ledger_tail(config, r)
@@ -178,7 +178,7 @@ def _serve(config: Any, stack: Any) -> None:
             counts = store.counts(r)
             if not refreshed and tail.position.offset >= config.ledger.stat().st_size:
                 # Caught up with the ledger: train and export now rather than at the next beat.
-                refresh_signature(force=True).apply_async()
+                refresh_analytics.delay(force=True)
                 refreshed = True
             console.print(
                 f"seen {counts['interactions_seen']:,}  scored {counts['interactions_scored']:,}"

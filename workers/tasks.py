@@ -109,5 +109,7 @@ def refresh_signature(models: tuple[str, ...] = keys.MODEL_NAMES, force: bool = 
 
 
 @app.task(name="thronos.refresh_analytics")
-def refresh_analytics() -> None:
-    refresh_signature().apply_async()
+def refresh_analytics(force: bool = False) -> None:
+    """Beat's retrain and export. Sent as a task whose result is ignored, so the sender
+    does not follow the chord's results (a process that exits would have to let go)."""
+    refresh_signature(force=force).apply_async()
