@@ -227,14 +227,14 @@ def replay(r: Any, path: Path, timeout: float) -> dict[str, Any]:
     from producers.backfill import backfill
     from producers.emit import send_batch
     from thronos_analytics import keys
-    from thronos_analytics.drain import wait_until_all
+    from thronos_analytics.drain import wait_until_flagged
 
     before = r.hlen(keys.FLAGS)
     started = time.perf_counter()
     # As the CLI runs it: with receipts, so it returns once Redis has seen every row.
     done = backfill(path, send_batch, lambda rejections: None, confirm_with=r, timeout=timeout)
     seen = time.perf_counter()
-    wait_until_all(r, done.ids, keys.FLAGS, timeout)
+    wait_until_flagged(r, done.ids, timeout)
     finished = time.perf_counter()
     assert r.hlen(keys.FLAGS) - before == len(done.ids), "some rows were not flagged"
     return {
@@ -289,8 +289,7 @@ def train_first_model(r: Any, path: Path, timeout: float) -> None:
     """Rows ingested with no model wait in PENDING; train, then drain them to scoring."""
     from producers.backfill import backfill
     from producers.emit import send_batch
-    from thronos_analytics import keys
-    from thronos_analytics.drain import wait_until_all
+    from thronos_analytics.drain import wait_until_flagged
     from workers import training
     from workers.celery_app import app
 
@@ -299,7 +298,7 @@ def train_first_model(r: Any, path: Path, timeout: float) -> None:
     if "version" not in result:
         raise RuntimeError(f"training the first anomaly model failed: {result}")
     training.drain_pending(r, lambda rows: app.send_task("thronos.score_batch", args=[rows]))
-    wait_until_all(r, done.ids, keys.FLAGS, timeout)
+    wait_until_flagged(r, done.ids, timeout)
 
 
 def retrain_and_export(r: Any, out: Path) -> dict[str, Any]:

@@ -15,18 +15,15 @@ from thronos_analytics.settings import Settings
 CHECK_CHUNK = 5000
 
 
-def wait_until_all(
-    r: store.Redis, ids: Iterable[str], where: str, timeout: float, poll: float = 0.05
+def wait_until_flagged(
+    r: store.Redis, ids: Iterable[str], timeout: float, poll: float = 0.05
 ) -> None:
-    """Block until every id is in ``where`` (the SEEN set or the FLAGS hash)."""
+    """Block until every id has a flag in ``thronos:flags``."""
     missing = list(ids)
     deadline = time.monotonic() + timeout
     while missing:
         chunk = missing[:CHECK_CHUNK]
-        if where == keys.SEEN:
-            present = r.smismember(keys.SEEN, chunk)
-        else:
-            present = [v is not None for v in r.hmget(keys.FLAGS, chunk)]
+        present = [v is not None for v in r.hmget(keys.FLAGS, chunk)]
         if all(present):
             missing = missing[len(chunk) :]
             continue
@@ -34,7 +31,7 @@ def wait_until_all(
             len(chunk) :
         ]
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{len(missing)} rows still not in {where} after {timeout:.0f}s")
+            raise TimeoutError(f"{len(missing)} rows still without a flag after {timeout:.0f}s")
         time.sleep(poll)
 
 
@@ -54,7 +51,7 @@ def drain(config: Settings, redis_url: str, timeout: float = 1800) -> dict[str, 
     anomaly = retrain_anomaly.apply_async(kwargs={"force": True}).get(timeout=timeout)
     if "error" in anomaly:
         raise RuntimeError(f"training the anomaly model failed: {anomaly['error']}")
-    wait_until_all(r, replay.ids, keys.FLAGS, timeout)
+    wait_until_flagged(r, replay.ids, timeout)
     scored = time.perf_counter()
     export = refresh_signature(("profiles", "recommender", "quality")).apply_async()
     summary = export.get(timeout=timeout)
