@@ -123,9 +123,10 @@ The hashes are sha256 hex digests of synthetic strings; no prompt text exists. W
 ``THR`` + 40 hex characters, sessions ``sess-<seed>-<k>``.
 
 **Bad lines**: ``round(bad_rate * rows)`` extra lines at random places, evenly of the kinds
-``not_json``, ``json_array``, ``missing_provider``, ``score_string`` (``"score": "high"``),
-``nan_score`` (a literal ``NaN``), ``negative_credits``, ``meta_too_large`` (meta over
-64 KiB) and ``truncated_json``. ``truth["bad_lines"]`` maps their 1-based line numbers
+``not_json``, ``json_array``, ``missing_provider``, ``ts_unreadable`` (``"ts": "yesterday"``),
+``nan_score`` (a literal ``NaN``), ``ts_out_of_range`` (a counter), ``provider_empty`` and
+``truncated_json``: each breaks an essential field or the JSON itself, since any other
+unreadable field costs only that field. ``truth["bad_lines"]`` maps their 1-based line numbers
 (as strings, so the dict survives a JSON round trip) to the kind. Each is rejected by
 :func:`analytics.contract.parse_line`; every other line parses to a row.
 """
@@ -144,8 +145,6 @@ from typing import Any
 import numpy as np
 import orjson
 
-from analytics.contract import MAX_META_BYTES
-
 PROVIDERS = ("claude", "gpt", "gemini", "mistral", "local")
 USE_CASES = ("coding", "research", "writing", "chat", "quantum")
 ANOMALY_KINDS = (
@@ -160,10 +159,10 @@ BAD_KINDS = (
     "not_json",
     "json_array",
     "missing_provider",
-    "score_string",
+    "ts_unreadable",
     "nan_score",
-    "negative_credits",
-    "meta_too_large",
+    "ts_out_of_range",
+    "provider_empty",
     "truncated_json",
 )
 
@@ -194,7 +193,12 @@ PROVIDER_SPECS: dict[str, ProviderSpec] = {
             Model("claude-opus", 0.25, 1.6, 1.35),
             Model("claude-haiku", 0.15, 0.6, 0.7),
         ),
-        1800.0, 0.35, 4.0, 0.30, 2400.0, 0.45,
+        1800.0,
+        0.35,
+        4.0,
+        0.30,
+        2400.0,
+        0.45,
     ),
     "gpt": ProviderSpec(
         (
@@ -202,19 +206,39 @@ PROVIDER_SPECS: dict[str, ProviderSpec] = {
             Model("gpt-4.1", 0.25, 1.3, 1.2),
             Model("gpt-4o-mini", 0.20, 0.6, 0.75),
         ),
-        1200.0, 0.35, 3.0, 0.30, 1800.0, 0.45,
+        1200.0,
+        0.35,
+        3.0,
+        0.30,
+        1800.0,
+        0.45,
     ),
     "gemini": ProviderSpec(
         (Model("gemini-pro", 0.60, 1.0, 1.0), Model("gemini-flash", 0.40, 0.6, 0.7)),
-        1500.0, 0.40, 2.0, 0.30, 2800.0, 0.45,
+        1500.0,
+        0.40,
+        2.0,
+        0.30,
+        2800.0,
+        0.45,
     ),
     "mistral": ProviderSpec(
         (Model("mistral-large", 0.50, 1.0, 1.0), Model("mistral-small", 0.50, 0.6, 0.75)),
-        900.0, 0.35, 1.0, 0.30, 1200.0, 0.45,
+        900.0,
+        0.35,
+        1.0,
+        0.30,
+        1200.0,
+        0.45,
     ),
     "local": ProviderSpec(
         (Model("llama-3.1-8b", 0.60, 1.0, 1.0), Model("qwen2.5-coder-7b", 0.40, 1.0, 1.1)),
-        400.0, 0.40, 0.2, 0.25, 800.0, 0.50,
+        400.0,
+        0.40,
+        0.2,
+        0.25,
+        800.0,
+        0.50,
     ),
 }
 
@@ -247,22 +271,42 @@ class Persona:
 
 PERSONAS: dict[str, Persona] = {
     "architect": Persona(
-        0.15, 2.5, 16.0, (5, 40), 90.0, 1.0,
+        0.15,
+        2.5,
+        16.0,
+        (5, 40),
+        90.0,
+        1.0,
         {"coding": 0.70, "research": 0.15, "writing": 0.10, "chat": 0.05},
         {"claude": 0.60, "gpt": 0.30, "gemini": 0.10},
     ),
     "researcher": Persona(
-        0.25, 2.5, 9.0, (3, 30), 150.0, 1.8,
+        0.25,
+        2.5,
+        9.0,
+        (3, 30),
+        150.0,
+        1.8,
         {"research": 0.65, "writing": 0.20, "coding": 0.10, "chat": 0.05},
         {"gemini": 0.50, "gpt": 0.35, "claude": 0.15},
     ),
     "casual": Persona(
-        0.45, 2.0, 4.0, (2, 8), 40.0, 0.6,
+        0.45,
+        2.0,
+        4.0,
+        (2, 8),
+        40.0,
+        0.6,
         {"chat": 0.70, "writing": 0.20, "coding": 0.10},
         {"local": 0.50, "mistral": 0.30, "gpt": 0.20},
     ),
     "quantum": Persona(
-        0.15, 2.0, 10.0, (4, 30), 200.0, 1.1,
+        0.15,
+        2.0,
+        10.0,
+        (4, 30),
+        200.0,
+        1.1,
         {"quantum": 0.75, "research": 0.15, "coding": 0.10},
         {"claude": 0.50, "gemini": 0.30, "gpt": 0.20},
     ),
@@ -470,7 +514,7 @@ def generate(cfg: SimConfig) -> Simulation:
         rows = unusual[group[unusual] == g]
         options = np.flatnonzero(never[g])
         provider[rows] = options[(pick[: len(rows)] * len(options)).astype(int)]
-        pick = pick[len(rows):]
+        pick = pick[len(rows) :]
     true = np.array([[TRUE_SCORES[u][p] for p in PROVIDERS] for u in USE_CASES])
     eligible = true[use_case, provider] >= LOW_SCORE_ELIGIBLE
     low = _take(perm, taken, eligible, counts[kind_of["low_score"]])
@@ -507,7 +551,9 @@ def generate(cfg: SimConfig) -> Simulation:
     credits = cred_med[provider] * credits_factor[model] * np.exp(cred_sd[provider] * z[1])
     uc_out = np.array([USE_CASE_OUTPUT[u] for u in USE_CASES])
     output = (
-        out_med[provider] * uc_out[use_case] * _persona_array("output_factor")[group]
+        out_med[provider]
+        * uc_out[use_case]
+        * _persona_array("output_factor")[group]
         * np.exp(out_sd[provider] * z[2])
     )
     output = np.maximum(np.rint(output), MIN_OUTPUT_CHARS)
@@ -697,10 +743,20 @@ def render(sim: Simulation) -> list[bytes]:
         (
             SPEC_LINE
             % (
-                f"sim-{seed}-{i}", ts, p, m,
+                f"sim-{seed}-{i}",
+                ts,
+                p,
+                m,
                 sha(b"prompt:%d:%d" % (seed, i)).hexdigest(),
                 sha(b"output:%d:%d:%d" % (seed, i, chars)).hexdigest(),
-                s, w, c, sc, u, lat, chars, tok,
+                s,
+                w,
+                c,
+                sc,
+                u,
+                lat,
+                chars,
+                tok,
             )
         ).encode()
         for i, ts, p, m, s, w, c, sc, u, lat, chars, tok in zip(
@@ -807,17 +863,15 @@ def _bad_line(sim: Simulation, rng: np.random.Generator, k: int, kind: str) -> b
         return orjson.dumps([row])
     if kind == "missing_provider":
         del row["provider"]
-    elif kind == "score_string":
-        row["score"] = "high"
+    elif kind == "ts_unreadable":
+        row["ts"] = "yesterday"
     elif kind == "nan_score":
         row["score"] = "@NAN@"
         return orjson.dumps(row).replace(b'"@NAN@"', b"NaN")
-    elif kind == "negative_credits":
-        row["credits_used"] = -round(float(rng.uniform(0.1, 5.0)), 4)
-    elif kind == "meta_too_large":
-        words = b"lorem ipsum dolor sit amet consectetur adipiscing elit "
-        size = MAX_META_BYTES + int(rng.integers(1024, 8192))
-        row["meta"]["context"] = (words * (size // len(words) + 1))[:size].decode()
+    elif kind == "ts_out_of_range":
+        row["ts"] = int(rng.integers(1, 10**6))  # a counter, not a time
+    elif kind == "provider_empty":
+        row["provider"] = " "
     elif kind == "truncated_json":
         full = orjson.dumps(row)
         return full[: int(rng.integers(8, len(full) - 1))]
@@ -945,4 +999,3 @@ __all__ = [
     "simulate",
     "write",
 ]
-

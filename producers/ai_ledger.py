@@ -75,7 +75,7 @@ class Recorder:
     def record(self, **fields: Any) -> Row:
         raw = _build_row(**fields)
         try:
-            row = normalise(raw)
+            row = normalise(raw, strict=True)
         except RowError as exc:
             raise ValueError(f"interaction not recorded: {exc}") from None
         self.ledger.append(raw)

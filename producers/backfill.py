@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
-from analytics.contract import Rejection, Row
+from analytics.contract import Entry, Rejection
 from producers.receipts import MAX_WAITING_ROWS, Receipts
 from producers.tail import Position, read_batches
 from thronos_analytics import store
@@ -26,13 +26,14 @@ BACKFILL_BATCH = 5000
 class Replay:
     ids: set[str] = field(default_factory=set)
     rows: int = 0
+    events: int = 0
     rejected: int = 0
     lines: int = 0
 
 
 def backfill(
     path: Path,
-    send: Callable[[Sequence[Row]], None],
+    send: Callable[[Sequence[Entry]], None],
     reject: Callable[[Sequence[Rejection]], None],
     batch_size: int = BACKFILL_BATCH,
     confirm_with: store.Redis | None = None,
@@ -55,13 +56,15 @@ def backfill(
     ):
         task = progress.add_task(f"replaying {path}", total=Path(path).stat().st_size)
         for batch in read_batches(f, Position(), batch_size):
-            send(batch.rows)
+            entries = batch.entries
+            send(entries)
             if receipts is not None:
-                receipts.add(batch.rows)
+                receipts.add(entries)
                 receipts.wait(below=MAX_WAITING_ROWS, timeout=timeout)
             reject(batch.rejections)
             replay.ids.update(row.id for row in batch.rows)
             replay.rows += len(batch.rows)
+            replay.events += len(batch.events)
             replay.rejected += len(batch.rejections)
             replay.lines = batch.end.line
             progress.update(task, completed=batch.end.offset)

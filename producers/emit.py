@@ -8,22 +8,31 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from analytics.contract import Row
+from analytics.contract import Entry, Row
 
 log = logging.getLogger(__name__)
 SCORE_BATCH = "thronos.score_batch"
 
 
-def send_batch(rows: Sequence[Row]) -> None:
-    """Publish one scoring task for ``rows``; raises if the broker cannot take it."""
+def send_batch(entries: Sequence[Entry]) -> None:
+    """Publish one scoring task for ``entries`` (rows and score events); raises if the
+    broker cannot take it."""
     from workers.celery_app import app  # the app reads REDIS_URL when first imported
 
-    if rows:
-        # A short argsrepr for Flower and events: Celery's own walks the whole batch.
-        argsrepr = f"[<{len(rows)} rows, first {rows[0].id}>]"
-        app.send_task(
-            SCORE_BATCH, args=[[row.to_wire() for row in rows]], argsrepr=argsrepr, retry=False
-        )
+    if not entries:
+        return
+    rows = [e.to_wire() for e in entries if type(e) is Row]
+    events = [e.to_wire() for e in entries if type(e) is not Row]
+    # A short argsrepr for Flower and events: Celery's own walks the whole batch.
+    argsrepr = f"[<{len(rows)} rows, {len(events)} score events, first {entries[0].id}>]"
+    app.send_task(
+        SCORE_BATCH,
+        args=[rows],
+        # Only when there are events: a worker of the last release reads the rest.
+        kwargs={"events": events} if events else None,
+        argsrepr=argsrepr,
+        retry=False,
+    )
 
 
 class Outbox:

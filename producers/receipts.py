@@ -1,5 +1,7 @@
 """Receipts for sent rows: kept until Redis has every row, sent again if they went missing.
 
+Score events are sent and confirmed alike, against ``thronos:join:events``.
+
 kombu's Redis transport pops a message before it records it as unacknowledged. A message
 is gone if Redis stops, or the worker fetching it is killed, between the two. So a
 producer keeps what it sent until ``thronos:seen`` holds every row, and sends the missing
@@ -21,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from analytics.contract import Row
+from analytics.contract import Entry, Row
 from thronos_analytics import keys, store
 from thronos_analytics.settings import settings
 from workers.queues import SCORING, is_amqp
@@ -35,12 +37,12 @@ MAX_WAITING_ROWS = 100_000
 
 @dataclass
 class Sent:
-    rows: list[Row]
+    rows: list[Entry]
     at: float
 
 
 class Receipts:
-    def __init__(self, redis: store.Redis, send: Callable[[Sequence[Row]], None]) -> None:
+    def __init__(self, redis: store.Redis, send: Callable[[Sequence[Entry]], None]) -> None:
         self.redis = redis
         self.send = send
         self.resend_after = None if is_amqp(settings().broker_url) else RESEND_AFTER_S
@@ -50,7 +52,7 @@ class Receipts:
         self.outage = False
         self.last_check = -float("inf")
 
-    def add(self, rows: Sequence[Row]) -> None:
+    def add(self, rows: Sequence[Entry]) -> None:
         if rows:
             self.sent.append(Sent(list(rows), time.monotonic()))
             self.waiting += len(rows)
@@ -109,8 +111,14 @@ class Receipts:
         self.sent = deque(s for s in self.sent if s.rows)
         return resent
 
-    def _missing(self, sent: Sent) -> list[Row]:
+    def _missing(self, sent: Sent) -> list[Entry]:
         if not sent.rows:
             return []
-        seen = self.redis.smismember(keys.SEEN, [row.id for row in sent.rows])
-        return [row for row, present in zip(sent.rows, seen, strict=True) if not present]
+        rows = [e for e in sent.rows if type(e) is Row]
+        events = [e for e in sent.rows if type(e) is not Row]
+        missing: list[Entry] = []
+        for entries, key in ((rows, keys.SEEN), (events, keys.SCORE_EVENTS)):
+            if entries:
+                seen = self.redis.smismember(key, [e.id for e in entries])
+                missing += [e for e, present in zip(entries, seen, strict=True) if not present]
+        return missing

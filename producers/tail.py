@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 import orjson
 
-from analytics.contract import Rejection, Row, parse_line
+from analytics.contract import Entry, Rejection, Row, ScoreEvent, parse_line
 from producers.receipts import MAX_WAITING_ROWS, Receipts
 from thronos_analytics import store
 from thronos_analytics.atomic_file import write_atomically
@@ -55,16 +55,27 @@ class Position:
 @dataclass
 class Batch:
     rows: list[Row]
+    events: list[ScoreEvent]
     rejections: list[Rejection]
     end: Position
 
+    @property
+    def entries(self) -> list[Entry]:
+        """What is sent: the rows and the score events."""
+        return [*self.rows, *self.events]
 
-def read_batches(f: BinaryIO, start: Position, batch_size: int) -> Iterator[Batch]:
-    """Parse complete lines from ``start`` on, in batches of up to ``batch_size`` lines."""
+
+def read_batches(
+    f: BinaryIO, start: Position, batch_size: int, rating_scale: str | None = None
+) -> Iterator[Batch]:
+    """Parse complete lines from ``start`` on, in batches of up to ``batch_size`` lines.
+    ``rating_scale`` defaults to ``THRONOS_RATING_SCALE``."""
+    scale = rating_scale or settings().rating_scale
     f.seek(start.offset)
     offset, line = start.offset, start.line
     sent_to = offset
     rows: list[Row] = []
+    events: list[ScoreEvent] = []
     rejections: list[Rejection] = []
     tail = b""
     while chunk := f.read(READ_CHUNK):
@@ -75,22 +86,27 @@ def read_batches(f: BinaryIO, start: Position, batch_size: int) -> Iterator[Batc
             offset += len(raw) + 1
             if not raw.strip():
                 continue
-            parsed = parse_line(raw, line)
-            (rows if isinstance(parsed, Row) else rejections).append(parsed)  # type: ignore[arg-type]
-            if len(rows) + len(rejections) >= batch_size:
-                yield Batch(rows, rejections, Position(start.inode, offset, line))
-                rows, rejections = [], []
+            parsed = parse_line(raw, line, scale)
+            if type(parsed) is Row:
+                rows.append(parsed)
+            elif type(parsed) is ScoreEvent:
+                events.append(parsed)
+            else:
+                rejections.append(parsed)  # type: ignore[arg-type]
+            if len(rows) + len(events) + len(rejections) >= batch_size:
+                yield Batch(rows, events, rejections, Position(start.inode, offset, line))
+                rows, events, rejections = [], [], []
                 sent_to = offset
     # Blank lines only still move the checkpoint; a batch that ended at the end does not.
-    if rows or rejections or offset != sent_to:
-        yield Batch(rows, rejections, Position(start.inode, offset, line))
+    if rows or events or rejections or offset != sent_to:
+        yield Batch(rows, events, rejections, Position(start.inode, offset, line))
 
 
 class TailProducer:
     def __init__(
         self,
         ledger: Path,
-        send: Callable[[Sequence[Row]], None],
+        send: Callable[[Sequence[Entry]], None],
         reject: Callable[[Sequence[Rejection]], None],
         batch_size: int = 500,
         checkpoint: Path | None = None,
@@ -113,6 +129,7 @@ class TailProducer:
         self.file: BinaryIO | None = None
         self.stop = threading.Event()
         self.sent = 0
+        self.events = 0
         self.receipts = Receipts(confirm_with, send) if confirm_with is not None else None
 
     def run(self) -> None:
@@ -149,12 +166,14 @@ class TailProducer:
             self._move(Position(self.position.inode))
         moved = False
         for batch in read_batches(self.file, self.position, self.batch_size):
-            self.send(batch.rows)
+            entries = batch.entries
+            self.send(entries)
             if self.receipts is not None:
-                self.receipts.add(batch.rows)
+                self.receipts.add(entries)
             self.reject(batch.rejections)
             self._move(batch.end)
             self.sent += len(batch.rows)
+            self.events += len(batch.events)
             moved = True
         if not moved and self._rotated():
             # Everything complete in the old file was read above; go on with the new one.

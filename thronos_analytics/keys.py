@@ -26,6 +26,14 @@ ANOMALIES_BY_PROVIDER = P + "stats:anomalies_by_provider"  # HASH provider -> co
 LAG_HISTOGRAM = P + "stats:lag"  # HASH bucket bound -> count, and "sum"
 WORKER_ROWS = P + "stats:worker_rows"  # HASH worker hostname -> rows handled (deliveries)
 WARNINGS = P + "warnings"  # HASH warning key -> JSON, so each is reported once
+# Score events, joined to interactions by id whichever arrives first (see store.apply_scores).
+SCORE_EVENTS = P + "join:events"  # SET of score event ids applied
+SCORES = P + "join:scores"  # HASH interaction id -> its newest event, JSON [ts, id, score, uc]
+# HASH interaction id -> JSON [session, wallet, own score, own use case], for interactions
+# seen without a score or a use case: what a later event needs to correct the aggregates.
+JOIN_ROWS = P + "join:rows"
+# HASH ledger source (e.g. meta.rating) -> rows in which it was unreadable, and dropped
+DROPPED_FIELDS = P + "stats:dropped"
 EXPORT = P + "export"  # HASH: last export's path, time and duration
 BEAT_LOCK = P + "lock:beat"
 AUTOTRAIN_LOCK = P + "lock:autotrain"

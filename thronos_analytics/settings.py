@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+LEDGER_NAME = "ai_ledger.jsonl"
+# How ledger ratings are read: see analytics.contract. "auto" tells by value and JSON type.
+RATING_SCALES = ("auto", "0..1", "1..5")
 
 
 def _float(name: str, default: float) -> float:
@@ -17,10 +22,34 @@ def _float(name: str, default: float) -> float:
         raise SystemExit(f"{name}={raw!r} is not a number; unset it or give a number") from None
 
 
+def _choice(name: str, choices: Sequence[str]) -> str:
+    """One of ``choices``; the first when unset."""
+    raw = os.environ.get(name) or choices[0]
+    if raw not in choices:
+        raise SystemExit(f"{name}={raw!r} is not one of {', '.join(choices)}; unset it or pick one")
+    return raw
+
+
+def rejected_file(ledger: Path) -> Path:
+    """Where a ledger's rejected lines go: ``<stem>.rejected.jsonl`` beside it."""
+    return ledger.with_name(ledger.stem + ".rejected.jsonl")
+
+
+def _unique(paths: Sequence[Path]) -> tuple[Path, ...]:
+    # One file named twice would get two tail threads racing on one checkpoint.
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        seen.setdefault(Path(os.path.abspath(path)), Path(path))
+    return tuple(seen.values())
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
-    ledger: Path
+    ledgers: tuple[Path, ...]
+    # True when the ledgers came from --ledger or THRONOS_LEDGER: the user's data, which
+    # nothing may write simulated rows into. False for the default path.
+    ledger_named: bool
     redis_url: str | None
     broker_url: str | None
     contamination: float | None
@@ -30,14 +59,21 @@ class Settings:
     linger_ms: float
     retrain_seconds: float
     visibility_timeout: float
+    rating_scale: str
 
     @classmethod
-    def from_env(cls) -> Settings:
+    def from_env(cls, ledgers: Sequence[Path] = ()) -> Settings:
+        """``ledgers`` (the command line's --ledger) win over THRONOS_LEDGER, a list
+        separated by ``:``, which wins over ``$THRONOS_DATA_DIR/ai_ledger.jsonl``."""
         data_dir = Path(os.environ.get("THRONOS_DATA_DIR") or "data")
         redis_url = os.environ.get("REDIS_URL") or None
+        named = _unique(
+            ledgers or [Path(p) for p in os.environ.get("THRONOS_LEDGER", "").split(":") if p]
+        )
         return cls(
             data_dir=data_dir,
-            ledger=Path(os.environ.get("THRONOS_LEDGER") or data_dir / "ai_ledger.jsonl"),
+            ledgers=named or (data_dir / LEDGER_NAME,),
+            ledger_named=bool(named),
             redis_url=redis_url,
             broker_url=os.environ.get("CELERY_BROKER_URL") or redis_url,
             # Share of rows flagged: the IsolationForest threshold is this quantile of the
@@ -53,6 +89,7 @@ class Settings:
             retrain_seconds=_float("THRONOS_RETRAIN_SECONDS", 300.0),
             # A message taken by a worker that died unseen is redelivered after this long.
             visibility_timeout=_float("THRONOS_VISIBILITY_TIMEOUT", 300.0),
+            rating_scale=_choice("THRONOS_RATING_SCALE", RATING_SCALES),
         )
 
     @property
@@ -60,9 +97,29 @@ class Settings:
         return self.data_dir / "ai_analytics.json"
 
     @property
+    def ledger(self) -> Path:
+        """The first ledger: the one ``record_interaction`` appends to."""
+        return self.ledgers[0]
+
+    @property
     def rejected_file(self) -> Path:
-        return self.ledger.with_name(self.ledger.stem + ".rejected.jsonl")
+        """The first ledger's rejected file; ``rejected_file(path)`` gives any ledger's."""
+        return rejected_file(self.ledger)
+
+    @property
+    def default_ledger(self) -> Path:
+        return self.data_dir / LEDGER_NAME
+
+    @property
+    def demo_ledger(self) -> Path:
+        """Where ``run`` writes its demo rows: never a ledger of the user's."""
+        return self.data_dir / f"demo.{LEDGER_NAME}"
+
+    @property
+    def simulated_ledger(self) -> Path:
+        """``simulate``'s default output."""
+        return self.data_dir / f"simulated.{LEDGER_NAME}"
 
 
-def settings() -> Settings:
-    return Settings.from_env()
+def settings(ledgers: Sequence[Path] = ()) -> Settings:
+    return Settings.from_env(ledgers)

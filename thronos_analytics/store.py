@@ -19,7 +19,7 @@ import orjson
 import redis
 from redis import Redis  # re-exported: other modules annotate with store.Redis
 
-from analytics.contract import Rejection, Row
+from analytics.contract import Rejection, Row, ScoreEvent
 from thronos_analytics import keys, signing
 from thronos_analytics.settings import settings
 
@@ -40,11 +40,13 @@ _APPLY_BATCH = """
 -- '0' no model when prepared, '2' park even though a model is published: it is unusable),
 -- 5 n_new, 6 n_old, 7 the new rows' aggregates (JSON, see _totals), 8 their window entry
 -- (JSON array of wire rows), 9 their flags (JSON array), 10 their anomalies (JSON), 11 the
--- old rows (JSON), then the n_new ids, then per-row values: the n_new flags when scoring,
--- or the wire rows of all n_new + n_old rows when parking.
+-- old rows (JSON), 12 the score events the caller joined to new rows (JSON object id ->
+-- SCORES value), 13 the new rows' JOIN_ROWS records (JSON array of [id, record]), then the
+-- n_new ids, then per-row values: the n_new flags when scoring, or the wire rows of all
+-- n_new + n_old rows when parking.
 local window_max, flags_max, anomalies_max = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local use_model, n_new, n_old = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
-local IDS = 12
+local IDS = 14
 local VALUES = IDS + n_new
 -- unpack() puts its values on Lua's C stack, which holds 8,000.
 local CHUNK = 1000
@@ -53,6 +55,7 @@ local window, pending, stats, by_provider = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local model_current, session_wallet = KEYS[9], KEYS[10]
 local wallet_sessions, wallet_session_seen = KEYS[11], KEYS[12]
 -- KEYS[13..24]: the per-session, then the per-wallet, measures (keys.AGG_MEASURES)
+local scores, join_rows, dropped = KEYS[25], KEYS[26], KEYS[27]
 local scored_this_minute = KEYS[#KEYS]
 
 if use_model == '0' and redis.call('EXISTS', model_current) == 1 then
@@ -72,6 +75,19 @@ for i = 0, n_new - 1, CHUNK do
 end
 if #clash > 0 then return {'clash', clash} end
 
+-- The aggregates count each new row's score event as the caller read it; if one arrived
+-- since, the caller joins again.
+local joined = cjson.decode(ARGV[12])
+if n_new > 0 and redis.call('HLEN', scores) > 0 then
+  for i = 0, n_new - 1, CHUNK do
+    local last = math.min(i + CHUNK, n_new) - 1
+    local now = redis.call('HMGET', scores, unpack(ARGV, IDS + i, IDS + last))
+    for j = 1, #now do
+      if (now[j] or false) ~= (joined[ARGV[IDS + i + j - 1]] or false) then return {'rejoin', 0} end
+    end
+  end
+end
+
 for i = 0, n_new - 1, CHUNK do
   redis.call('SADD', seen, unpack(ARGV, IDS + i, IDS + math.min(i + CHUNK, n_new) - 1))
 end
@@ -86,6 +102,9 @@ if n_new > 0 then
       redis.call('HINCRBY', wallet_sessions, t[1], 1)
     end
   end
+  for _, t in ipairs(totals.d) do redis.call('HINCRBY', dropped, t[1], t[2]) end
+  for _, t in ipairs(cjson.decode(ARGV[13])) do redis.call('HSET', join_rows, t[1], t[2]) end
+  if totals.j > 0 then redis.call('HINCRBY', stats, 'score_events_joined', totals.j) end
   local top = redis.call('XREVRANGE', window, '+', '-', 'COUNT', 1)
   local total = n_new
   if #top > 0 then total = total + tonumber(string.match(top[1][1], '^%d+')) end
@@ -162,6 +181,9 @@ _BATCH_KEYS = [
     keys.WALLET_SESSION_SEEN,
     *(keys.agg("session", m) for m in keys.AGG_MEASURES),
     *(keys.agg("wallet", m) for m in keys.AGG_MEASURES),
+    keys.SCORES,
+    keys.JOIN_ROWS,
+    keys.DROPPED_FIELDS,
 ]
 # Lua's 1-based KEYS index of the first per-session and per-wallet measure; _totals names
 # the hashes it increments by these.
@@ -169,13 +191,45 @@ _SESSION_KEY = _BATCH_KEYS.index(keys.agg("session", keys.AGG_MEASURES[0])) + 1
 _WALLET_KEY = _BATCH_KEYS.index(keys.agg("wallet", keys.AGG_MEASURES[0])) + 1
 
 
+class JoinsChanged(Exception):
+    """A score event for one of the batch's rows arrived after :func:`read_joins`."""
+
+
+Joins = dict[str, bytes]  # interaction id -> its newest score event, as SCORES holds it
+
+
+def read_joins(r: Redis, rows: Sequence[Row]) -> Joins:
+    """The newest score event of each of ``rows`` that has one."""
+    if not rows or not r.hlen(keys.SCORES):
+        return {}
+    ids = [row.id for row in rows]
+    return {i: v for i, v in zip(ids, r.hmget(keys.SCORES, ids), strict=True) if v is not None}
+
+
+def joined(rows: Sequence[Row], joins: Joins) -> list[Row]:
+    """``rows`` with their score events applied (:meth:`ScoreEvent.fill`)."""
+    if not joins:
+        return list(rows)
+    return [_fill(row, joins[row.id]) if row.id in joins else row for row in rows]
+
+
+def _fill(row: Row, stored: bytes) -> Row:
+    ts, event_id, score, use_case = orjson.loads(stored)
+    return ScoreEvent(event_id, row.id, ts or None, score, use_case).fill(row)
+
+
 def apply_batch(
     r: Redis,
     rows: Sequence[Row],
     flags: Sequence[dict[str, Any]] | None,
     park_anyway: bool = False,
+    joins: Joins | None = None,
 ) -> tuple[int, int]:
     """Ingest rows and publish their flags; ``flags=None`` parks the rows in PENDING.
+
+    ``rows`` are as the ledger has them; ``joins`` (from :func:`read_joins`) are their
+    score events, which the aggregates count. If an event arrived since they were read,
+    this raises :class:`JoinsChanged`, and the caller reads them and flags again.
 
     Returns (rows new to the ledger state, flags newly published); -1 flags means a model
     appeared while the batch was being prepared, so the caller should score and retry,
@@ -185,6 +239,7 @@ def apply_batch(
     holds them; the script reports any it does hold and this sends again without them.
     A repeated id within the batch counts once.
     """
+    joins = joins or {}
     use_model = "1" if flags is not None else "2" if park_anyway else "0"
     flag_json = [orjson.dumps(flag) for flag in flags] if flags is not None else []
     first: dict[str, int] = {}
@@ -195,8 +250,10 @@ def apply_batch(
         reply = _script(r, "apply_batch")(
             # Last: this minute's counter of scored rows.
             keys=[*_BATCH_KEYS, keys.scored_in_minute(int(time.time() // 60))],
-            args=_batch_args(rows, flags, flag_json, new, use_model),
+            args=_batch_args(rows, flags, flag_json, new, use_model, joins),
         )
+        if reply[0] == b"rejoin":
+            raise JoinsChanged
         if reply[0] != b"clash":
             return int(reply[0]), int(reply[1])
         seen = {new[int(i)] for i in reply[1]}
@@ -209,10 +266,12 @@ def _batch_args(
     flag_json: list[bytes],
     new: list[int],
     use_model: str,
+    joins: Joins,
 ) -> list[Any]:
     is_new = set(new)
     old = [i for i in range(len(rows)) if i not in is_new]
     fresh = [rows[i] for i in new]
+    fresh_joins = {row.id: joins[row.id] for row in fresh if row.id in joins}
     anomalies, old_rows = [], []
     if flags is not None:
         for i in new:
@@ -231,14 +290,26 @@ def _batch_args(
         use_model,
         len(new),
         len(old),
-        orjson.dumps(_totals(fresh)),
+        orjson.dumps(_totals(joined(fresh, fresh_joins), len(fresh_joins))),
+        # The window keeps rows as the ledger has them; readers join events (window_rows).
         orjson.dumps([row.to_wire() for row in fresh]),
         b"[" + b",".join(flag_json[i] for i in new) + b"]" if flags is not None else b"",
         # Lua's cjson reads an empty JSON array as an object; both iterate as empty.
         orjson.dumps(anomalies, default=bytes.decode),
         orjson.dumps(old_rows, default=bytes.decode),
+        orjson.dumps(fresh_joins, default=bytes.decode),
+        orjson.dumps(_join_records(fresh)),
         *(row.id for row in fresh),
         *values,
+    ]
+
+
+def _join_records(rows: Sequence[Row]) -> list[list[Any]]:
+    """JOIN_ROWS entries for rows an event could still change: without score or use case."""
+    return [
+        [row.id, orjson.dumps([row.session_id, row.wallet, row.score, row.use_case]).decode()]
+        for row in rows
+        if row.score is None or row.use_case is None
     ]
 
 
@@ -257,14 +328,18 @@ def _anomaly_record(row: Row, flag: dict[str, Any]) -> bytes:
     )
 
 
-def _totals(rows: Sequence[Row]) -> dict[str, Any]:
-    """The aggregates of ``rows``: increments per (KEYS index, field), each
-    session's wallet, and the (wallet, session) pairs."""
+def _totals(rows: Sequence[Row], n_joined: int = 0) -> dict[str, Any]:
+    """The aggregates of ``rows``: increments per (KEYS index, field), each session's
+    wallet, the (wallet, session) pairs, the unreadable sources and the joined events."""
     sums: dict[tuple[int, str], list] = {}  # calls, score sum, scores, credits
     counts: dict[tuple[int, str], int] = {}  # calls per provider and per use case
     session_wallet: dict[str, str] = {}
     pairs: dict[str, str] = {}
+    dropped: dict[str, int] = {}
     for row in rows:
+        if row.dropped:
+            for source in row.dropped.split(","):
+                dropped[source] = dropped.get(source, 0) + 1
         for first, who in ((_SESSION_KEY, row.session_id), (_WALLET_KEY, row.wallet)):
             if not who:
                 continue
@@ -298,12 +373,109 @@ def _totals(rows: Sequence[Row]) -> dict[str, Any]:
         "f": floats,
         "sw": [[sid, wallet] for sid, wallet in session_wallet.items()],
         "p": [[wallet, pair] for pair, wallet in pairs.items()],
+        "d": [[source, n] for source, n in dropped.items()],
+        "j": n_joined,
     }
+
+
+_APPLY_SCORES = """
+-- ARGV: a JSON array of score events [id, interaction id, SCORES value, ts, score, use case].
+-- An event counts once (SADD). Of an interaction's events the newest (ts, then id) stands;
+-- if the interaction was seen, its aggregates move from the old standing score and use
+-- case to the new, where it has none of its own (as ScoreEvent.fill).
+local events, scores, join_rows, seen, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local s_sum, s_n, s_uc, w_sum, w_n, w_uc = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local null = cjson.null
+local function value(x) if x == null then return nil end return x end
+
+local function move(sum, n, uc, who, old_score, new_score, old_uc, new_uc)
+  if who == nil or who == '' then return end
+  if old_score ~= new_score then
+    if old_score ~= nil then
+      redis.call('HINCRBYFLOAT', sum, who, -old_score)
+      redis.call('HINCRBY', n, who, -1)
+    end
+    if new_score ~= nil then
+      redis.call('HINCRBYFLOAT', sum, who, new_score)
+      redis.call('HINCRBY', n, who, 1)
+    end
+  end
+  if old_uc ~= new_uc then
+    if old_uc ~= nil and redis.call('HINCRBY', uc, who .. '\t' .. old_uc, -1) <= 0 then
+      redis.call('HDEL', uc, who .. '\t' .. old_uc)
+    end
+    if new_uc ~= nil then redis.call('HINCRBY', uc, who .. '\t' .. new_uc, 1) end
+  end
+end
+
+local applied = 0
+for _, e in ipairs(cjson.decode(ARGV[1])) do
+  local id, target, stored = e[1], e[2], e[3]
+  local ts, score, uc = value(e[4]) or 0, value(e[5]), value(e[6])
+  if redis.call('SADD', events, id) == 1 then
+    applied = applied + 1
+    local current = redis.call('HGET', scores, target)
+    local before = nil
+    if current then before = cjson.decode(current) end
+    local newer = before == nil or ts > before[1] or (ts == before[1] and id > before[2])
+    if newer then
+      redis.call('HSET', scores, target, stored)
+      local record = redis.call('HGET', join_rows, target)
+      if record then
+        local row = cjson.decode(record)
+        local session, wallet = value(row[1]), value(row[2])
+        local own_score, own_uc = value(row[3]), value(row[4])
+        local old_score, old_uc = own_score, own_uc
+        if before ~= nil then
+          if old_score == nil then old_score = value(before[3]) end
+          if old_uc == nil then old_uc = value(before[4]) end
+        end
+        local new_score, new_uc = own_score, own_uc
+        if new_score == nil then new_score = score end
+        if new_uc == nil then new_uc = uc end
+        move(s_sum, s_n, s_uc, session, old_score, new_score, old_uc, new_uc)
+        move(w_sum, w_n, w_uc, wallet, old_score, new_score, old_uc, new_uc)
+      end
+      if before == nil and (record or redis.call('SISMEMBER', seen, target) == 1) then
+        redis.call('HINCRBY', stats, 'score_events_joined', 1)
+      end
+    end
+  end
+end
+if applied > 0 then redis.call('HINCRBY', stats, 'score_events', applied) end
+return applied
+"""
+
+_SCORES_KEYS = [
+    keys.SCORE_EVENTS,
+    keys.SCORES,
+    keys.JOIN_ROWS,
+    keys.SEEN,
+    keys.STATS,
+    *(keys.agg(scope, m) for scope in keys.AGG_SCOPES for m in ("score_sum", "score_n", "uc")),
+]
+
+
+def scores_value(event: ScoreEvent) -> bytes:
+    """An event as SCORES holds it: what ordering and joining need, JSON [ts, id, score, uc]."""
+    return orjson.dumps([event.ts or 0, event.id, event.score, event.use_case])
+
+
+def apply_scores(r: Redis, events: Sequence[ScoreEvent]) -> int:
+    """Apply score events exactly once each, whether their interactions came before or
+    not; returns how many were new."""
+    if not events:
+        return 0
+    payload = [
+        [e.id, e.interaction_id, scores_value(e).decode(), e.ts, e.score, e.use_case]
+        for e in events
+    ]
+    return int(_script(r, "apply_scores")(keys=_SCORES_KEYS, args=[orjson.dumps(payload)]))
 
 
 @cache
 def _scripts() -> dict[str, str]:
-    return {"apply_batch": _APPLY_BATCH}
+    return {"apply_batch": _APPLY_BATCH, "apply_scores": _APPLY_SCORES}
 
 
 def _script(r: Redis, name: str) -> Any:
@@ -340,14 +512,24 @@ def counts(r: Redis) -> dict[str, int]:
     pipe = r.pipeline(transaction=False)
     pipe.scard(keys.SEEN).hlen(keys.FLAGS).hlen(keys.REJECTED).hget(keys.STATS, "anomalies")
     pipe.llen(keys.PENDING)
-    seen, scored, rejected, anomalies, pending = pipe.execute()
+    pipe.scard(keys.SCORE_EVENTS).hlen(keys.SCORES).hget(keys.STATS, "score_events_joined")
+    seen, scored, rejected, anomalies, pending, events, targets, joined = pipe.execute()
     return {
         "interactions_seen": seen,
         "interactions_scored": scored,
         "interactions_rejected": rejected,
         "anomalies": int(anomalies or 0),
         "pending": pending,
+        "score_events": events,
+        # Interactions that events named: found, or not (yet) in any ledger read.
+        "score_events_joined": int(joined or 0),
+        "score_events_orphaned": targets - int(joined or 0),
     }
+
+
+def dropped_fields(r: Redis) -> dict[str, int]:
+    """Per ledger source (e.g. ``meta.rating``): rows in which it could not be read."""
+    return {k.decode(): int(v) for k, v in r.hgetall(keys.DROPPED_FIELDS).items()}
 
 
 def publish_model(r: Redis, name: str, blob: bytes, info: dict[str, Any]) -> str:
@@ -409,7 +591,23 @@ def _entry_rows(fields: dict[bytes, bytes]) -> list[Row]:
 
 
 def window_rows(r: Redis, limit: int) -> list[Row]:
-    """The newest ``limit`` rows of the training window, oldest first.
+    """The newest ``limit`` rows of the training window, oldest first, with their score
+    events joined: an event that arrived after its row counts from the next read on."""
+    rows = _window_rows_as_written(r, limit)
+    if not r.hlen(keys.SCORES):
+        return rows
+    open_rows = [row for row in rows if row.score is None or not row.use_case]
+    joins: Joins = {}
+    for i in range(0, len(open_rows), CHECK_CHUNK):
+        joins.update(read_joins(r, open_rows[i : i + CHECK_CHUNK]))
+    return joined(rows, joins)
+
+
+CHECK_CHUNK = 10_000  # ids per HMGET
+
+
+def _window_rows_as_written(r: Redis, limit: int) -> list[Row]:
+    """The newest ``limit`` rows of the training window as the ledger has them.
 
     A refresh reads the window once per model and once more for the export. The stream only
     grows at its end, and ``apply_batch`` trims its start only past the newest

@@ -18,6 +18,7 @@ def queues_for(broker_url: str | None) -> tuple[Queue, ...]:
         return tuple(Queue(q.name, queue_arguments={"x-queue-type": "quorum"}) for q in QUEUES)
     return QUEUES
 
+
 ROUTES = {
     "thronos.score_batch": {"queue": SCORING},
     "thronos.retrain_*": {"queue": TRAINING},

@@ -1,5 +1,8 @@
 """Scoring a batch: validate the rows, flag them with the current model, apply the batch.
 
+A batch may carry score events too; they are applied first, so rows that they score are
+flagged and counted with their scores.
+
 Each worker process keeps the model it last loaded and reloads only when the published
 version changes, which costs one GET per batch. A published version that cannot be
 loaded (corrupt, tampered, wrong format) is refused once, recorded as the model's failure,
@@ -11,12 +14,13 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from analytics.anomaly import AnomalyDetector
-from analytics.contract import Rejection, Row, RowError
+from analytics.contract import Rejection, Row, RowError, ScoreEvent
 from thronos_analytics import keys, store
 from thronos_analytics.metrics import record_lag
 
@@ -81,20 +85,34 @@ def _last_good(r: store.Redis) -> tuple[str, AnomalyDetector] | None:
 
 def validate(payload: list[Any]) -> tuple[list[Row], list[Rejection]]:
     """Workers re-check the contract: a message is input like any other."""
-    rows, rejections = [], []
+    return _validate(payload, Row.from_wire)
+
+
+def validate_events(payload: list[Any]) -> tuple[list[ScoreEvent], list[Rejection]]:
+    return _validate(payload, ScoreEvent.from_wire)
+
+
+def _validate(payload: list[Any], read: Callable[[Any], Any]) -> tuple[list, list[Rejection]]:
+    items, rejections = [], []
     for i, item in enumerate(payload):
         try:
-            rows.append(Row.from_wire(item))
+            items.append(read(item))
         except RowError as exc:
             try:
                 raw = orjson.dumps(item).decode()
             except TypeError:
                 raw = repr(item)
             rejections.append(Rejection(i + 1, str(exc), raw))
-    return rows, rejections
+    return items, rejections
 
 
-def score_batch(r: store.Redis, payload: list[Any]) -> dict[str, Any]:
+def score_batch(
+    r: store.Redis, payload: list[Any], events: list[Any] | None = None
+) -> dict[str, Any]:
+    if events:
+        valid, bad = validate_events(events)
+        store.record_rejections(r, "message", bad)
+        store.apply_scores(r, valid)
     if len(payload) > MAX_BATCH:
         # A message bigger than any producer sends: score it in bounded pieces.
         results = [
@@ -110,10 +128,19 @@ def score_batch(r: store.Redis, payload: list[Any]) -> dict[str, Any]:
     rows, rejections = validate(payload)
     rejected = store.record_rejections(r, "message", rejections)
     while True:
+        try:
+            return _score(r, rows, rejected)
+        except store.JoinsChanged:  # a score event for one of the rows came meanwhile
+            continue
+
+
+def _score(r: store.Redis, rows: list[Row], rejected: int) -> dict[str, Any]:
+    joins = store.read_joins(r, rows)
+    while True:
         loaded = current_detector(r)
         if loaded is None:
             unusable = r.exists(keys.model_current("anomaly"))
-            new, scored = store.apply_batch(r, rows, None, park_anyway=bool(unusable))
+            new, scored = store.apply_batch(r, rows, None, bool(unusable), joins)
             if scored == -1:  # a model was published meanwhile
                 continue
             return {
@@ -125,11 +152,11 @@ def score_batch(r: store.Redis, payload: list[Any]) -> dict[str, Any]:
             }
         version, detector = loaded
         now = time.time()
-        flags = detector.flag(rows)
+        flags = detector.flag(store.joined(rows, joins))
         for flag in flags:
             flag["model_version"] = version
             flag["scored_at"] = now
-        new, scored = store.apply_batch(r, rows, flags)
+        new, scored = store.apply_batch(r, rows, flags, joins=joins)
         if scored:
             record_lag(r, [now - row.ts for row in rows])
         return {

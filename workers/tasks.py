@@ -33,9 +33,9 @@ def _load_model(**_: Any) -> None:
 
 
 @app.task(name="thronos.score_batch", bind=True, acks_late=True, reject_on_worker_lost=True)
-def score_batch(self: Any, rows: list[Any]) -> dict[str, Any]:
+def score_batch(self: Any, rows: list[Any], events: list[Any] | None = None) -> dict[str, Any]:
     r = store.connect()
-    result = scoring.score_batch(r, rows)
+    result = scoring.score_batch(r, rows, events)
     r.hincrby(keys.WORKER_ROWS, self.request.hostname or "unknown", len(rows))
     # Enough rows to train the first model: trigger it, once a minute at most.
     if (
