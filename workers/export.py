@@ -43,7 +43,10 @@ def build_analytics(r: store.Redis) -> dict[str, Any]:
             for name, info in models.items()
             if info
         },
-        "stats": {k: v for k, v in counts.items() if k != "pending"},
+        "stats": {
+            **{k: v for k, v in counts.items() if k != "pending"},
+            "dropped_fields": store.dropped_fields(r),
+        },
         "profiles": {
             "wallets": profiles["wallets"],
             "sessions": profiles["sessions"],
@@ -82,7 +85,7 @@ def write_analytics(r: store.Redis, path: Path) -> dict[str, Any]:
         "html_path": str(html_path),
         "generated_at": document["generated_at"],
         "duration_s": round(time.perf_counter() - started, 3),
-        **document["stats"],
+        **{k: v for k, v in document["stats"].items() if k != "dropped_fields"},
     }
     r.hset(keys.EXPORT, mapping={k: str(v) for k, v in summary.items()})
     return summary
