@@ -57,6 +57,11 @@ class Receipts:
             self.sent.append(Sent(list(rows), time.monotonic()))
             self.waiting += len(rows)
 
+    def forget(self) -> None:
+        """Drop every receipt: what they wait for is being sent again from the top."""
+        self.sent.clear()
+        self.waiting = 0
+
     def lost_contact(self) -> None:
         """A send or a check failed: at the next check, everything missing goes again."""
         self.outage = True

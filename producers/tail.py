@@ -8,7 +8,10 @@ waits for its newline. A file that shrank was truncated and is read again from t
 a path that points at a new inode was rotated, and the old file is finished first.
 
 Given Redis, it also keeps receipts for what it sent (``producers.receipts``) and sends
-again the rows a Redis restart or a killed worker lost on the way.
+again the rows a Redis restart or a killed worker lost on the way. The checkpoint names the
+Redis state it was sent to (``store.state_id``): if Redis comes back without that state
+(emptied, replaced, its data unreadable), the ledger is read again from the top, which
+ingest makes safe, rather than left unread.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +44,7 @@ class Position:
     inode: int = 0
     offset: int = 0
     line: int = 0
+    state: str = ""  # the Redis state the lines up to offset were sent to; "" if unknown
 
     @classmethod
     def load(cls, path: Path) -> Position:
@@ -131,6 +136,9 @@ class TailProducer:
         self.sent = 0
         self.events = 0
         self.receipts = Receipts(confirm_with, send) if confirm_with is not None else None
+        self.redis = confirm_with
+        self.state = self.position.state
+        self.last_state_check = -float("inf")
 
     def run(self) -> None:
         backoff = 0.05
@@ -157,6 +165,7 @@ class TailProducer:
         if self.file is None and not self._open():
             return False
         assert self.file is not None
+        self._check_state()
         if self.receipts is not None:
             self.receipts.check()
             if self.receipts.waiting >= MAX_WAITING_ROWS:
@@ -205,6 +214,30 @@ class TailProducer:
         except FileNotFoundError:
             return False  # moved away, new one not created yet
 
+    def _check_state(self, every: float = 1.0) -> None:
+        """Read again from the top if Redis lacks the state the checkpoint was sent to."""
+        now = time.monotonic()
+        if self.redis is None or now < self.last_state_check + every:
+            return
+        state = store.state_id(self.redis)
+        known = self.position.state
+        # A checkpoint from before states were recorded: an empty SEEN tells the same.
+        lost = known != state if known else self.position.offset and not store.seen_any(self.redis)
+        if lost:
+            log.warning(
+                "Redis holds none of what the checkpoint of %s says was sent (its data was"
+                " lost or replaced): reading the ledger again from the top",
+                self.ledger,
+            )
+            if self.receipts is not None:
+                self.receipts.forget()
+            self._move(Position(self.position.inode))
+        self.state = state
+        if self.position.state != state:
+            self._move(self.position)
+        self.last_state_check = now
+
     def _move(self, position: Position) -> None:
+        position.state = self.state
         self.position = position
         position.save(self.checkpoint)

@@ -272,6 +272,7 @@ def test_window_reads_only_what_was_added_and_still_equals_a_full_read(
     r.delete(keys.WINDOW)
     assert store.window_rows(r, 500) == []
 
+
 def test_tail_sends_again_the_rows_a_redis_outage_lost(r, scoring_with_model, tmp_path):
     lines = simulated_lines(tmp_path, 300, seed=29)
     rows = [row for row in map(parse_line, lines) if isinstance(row, Row)]
@@ -332,3 +333,32 @@ def test_backfill_ends_only_when_every_row_arrived_even_a_lost_batch(
     rows = ledger_rows(ledger)
     wait_for_flags(r, len(scoring_with_model) + len(rows))
     assert_each_flagged_once(r, scoring_with_model, rows)
+
+
+def tail_once(ledger: Path, r) -> list[str]:
+    """Start a tail producer on ``ledger`` (its checkpoint as left), let it catch up, stop;
+    the ids it sent."""
+    send = Recording()
+    tail = TailProducer(ledger, send, lambda _: None, 100, linger_ms=1, confirm_with=r)
+    for _ in range(100):
+        if not tail.step():
+            break
+    return [i for batch in send.batches for i in batch]
+
+
+def test_a_redis_that_lost_its_state_has_the_ledger_read_again_from_the_top(r, env, tmp_path):
+    lines = simulated_lines(tmp_path, 300, seed=28)
+    ledger = tmp_path / "ai_ledger.jsonl"
+    append_lines(ledger, lines, chunks=1)
+    ids = [parse_line(line).id for line in lines]
+    assert tail_once(ledger, r) == ids
+    assert tail_once(ledger, r) == []  # same Redis: the checkpoint holds
+    r.flushall()  # as when Redis restarts on data it cannot read
+    assert tail_once(ledger, r) == ids
+    # A checkpoint written before states were recorded: an empty SEEN tells the same.
+    checkpoint = ledger.with_name(ledger.name + ".checkpoint")
+    old = orjson.loads(checkpoint.read_bytes())
+    checkpoint.write_bytes(orjson.dumps({k: v for k, v in old.items() if k != "state"}))
+    r.flushall()
+    r.set(keys.STATE_ID, "whatever")
+    assert tail_once(ledger, r) == ids

@@ -11,6 +11,8 @@ from __future__ import annotations
 P = "thronos:"
 
 SEEN = P + "seen"  # SET of interaction ids ingested
+# STRING, set once: names this Redis state, so a checkpoint can tell that it was lost
+STATE_ID = P + "state_id"
 FLAGS = P + "flags"  # HASH id -> flag JSON (readable by id)
 # STREAM, one entry per scored batch: n (flags) and f (JSON array of them); capped in entries.
 FLAG_STREAM = P + "flags:batches"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -506,6 +507,16 @@ def record_rejections(r: Redis | None, source: str, rejections: Iterable[Rejecti
             pipe.xadd(keys.REJECTED_STREAM, {"r": record}, maxlen=keys.REJECTED_STREAM_MAXLEN)
     pipe.execute()
     return sum(map(bool, added))
+
+
+def state_id(r: Redis) -> str:
+    """This Redis state's name, made on first use: a new one means the state was lost."""
+    r.set(keys.STATE_ID, uuid.uuid4().hex, nx=True)
+    return (r.get(keys.STATE_ID) or b"").decode()
+
+
+def seen_any(r: Redis) -> bool:
+    return bool(r.scard(keys.SEEN))
 
 
 def counts(r: Redis) -> dict[str, int]:
