@@ -57,7 +57,8 @@ def test_simulate_shows_progress_on_a_terminal_and_nothing_otherwise(env, tmp_pa
     assert quiet.stderr == b""
     assert orjson.loads(quiet.stdout)["valid"] == 20000
 
-    shown = on_a_terminal(args, env)
+    # --force: the first run left a.jsonl with lines, which simulate would not overwrite.
+    shown = on_a_terminal([*args, "--force"], env)
     assert b"writing" in shown and b"\x1b[" in shown  # the bar, drawn with escape codes
 
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from analytics.contract import Rejection, Row, parse_line
+from analytics.contract import Rejection, Row, ScoreEvent, parse_line
 from producers.dead_letter import DeadLetter
 from producers.emit import send_batch
 from producers.tail import TailProducer
@@ -102,6 +102,8 @@ def test_contract_never_raises_and_explains_every_rejection(line):
     if isinstance(result, Rejection):
         assert result.line == 42 and result.reason and "\n" not in result.reason
         assert len(result.to_json("f")["raw"]) <= 2048
+    elif isinstance(result, ScoreEvent):
+        assert result.interaction_id and (result.score is None or 0 <= result.score <= 1)
     else:
         assert isinstance(result, Row)
         assert math.isfinite(result.ts) and result.credits_used >= 0
@@ -124,7 +126,7 @@ def test_tail_and_workers_survive_any_mix_and_are_idempotent(trained_pipeline, t
             continue
         if isinstance(parsed, Row):
             good_ids.add(parsed.id)
-        else:
+        elif isinstance(parsed, Rejection):
             bad += 1
         content.append(raw)
     ledger = tmp_path / f"{tag}.jsonl"
@@ -163,12 +165,14 @@ def test_workers_reject_malformed_messages_and_score_the_rest(trained_pipeline):
         {"provider": ""},
         {**good, "id": {"x": 1}},
         {**good, "ts": "never"},
-        {**good, "credits_used": -3},
+        {**good, "id": "msg-dropped", "credits_used": -3},  # costs its credits, not the row
     ]
     before = r.hlen(keys.REJECTED)
     send_batch_raw(payload)
     wait_for(lambda: r.hget(keys.FLAGS, good["id"]), what="the good row scored")
-    wait_for(lambda: r.hlen(keys.REJECTED) - before == len(payload) - 1, what="rejections")
+    wait_for(lambda: r.hget(keys.FLAGS, "msg-dropped"), what="the row without credits scored")
+    wait_for(lambda: r.hlen(keys.REJECTED) - before == len(payload) - 2, what="rejections")
+    assert r.hget(keys.DROPPED_FIELDS, "credits_used") == b"1"
     reasons = [orjson.loads(v)["reason"] for v in r.hvals(keys.REJECTED)]
     assert any("not an object" in reason for reason in reasons)
 

@@ -25,7 +25,7 @@ from rich.progress import (
 )
 
 from thronos_analytics import keys, logs
-from thronos_analytics.settings import settings
+from thronos_analytics.settings import Settings, rejected_file, settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 # One console, on stderr, shared with every rich display (the backfill's progress bar
@@ -35,12 +35,47 @@ console = rich.get_console()
 log = logging.getLogger("thronos.cli")
 DEMO_ROWS = 20_000
 
-LedgerOpt = Annotated[Path | None, typer.Option(help="ledger file [env THRONOS_LEDGER]")]
+LedgerOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        help="ledger file; repeat for several (env THRONOS_LEDGER: paths separated by ':')"
+    ),
+]
 
 
-def _use_ledger(ledger: Path | None) -> None:
-    if ledger is not None:
-        os.environ["THRONOS_LEDGER"] = str(ledger)
+def _fail(message: str) -> typer.Exit:
+    """A usage error as one line on stderr, exit code 2 (as click's own)."""
+    sys.stderr.write(f"Error: {message}\n")
+    sys.stderr.flush()
+    return typer.Exit(2)
+
+
+def _check_ledgers(ledgers: Iterable[Path], named: bool, origin: str, must_exist: bool) -> None:
+    """Refuse a ledger that can never be read, before anything is started or created.
+
+    A missing file in an existing folder is fine to follow (it is read once it appears),
+    except with ``must_exist``. The default ledger's folder is the data dir, which ``run``
+    creates, so its absence is an error only for a ledger the user named."""
+    seen: dict[Path, Path] = {}
+    origin = f" ({origin})" if origin else ""
+    for path in ledgers:
+        if path.is_dir():
+            raise _fail(f"ledger {path}{origin} is a directory, not a file")
+        if named and not path.parent.is_dir():
+            raise _fail(f"ledger {path}{origin}: folder {path.parent} does not exist")
+        if must_exist and not path.exists():
+            raise _fail(f"ledger {path}{origin} does not exist")
+        # Two ledgers appending to one dead-letter file would mix up their line numbers.
+        other = seen.setdefault(rejected_file(path), path)
+        if other != path:
+            raise _fail(f"ledgers {other} and {path} would share {rejected_file(path)}")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _print_json(value: Any) -> None:
@@ -77,15 +112,15 @@ def _count_lines(path: Path) -> int:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
-def _drain(config: Any, redis_url: str) -> dict:
+def _drain(config: Settings, ledgers: tuple[Path, ...], redis_url: str) -> dict:
     """``drain``, with bars for rows ingested and flagged when on a terminal."""
     from thronos_analytics import store
     from thronos_analytics.drain import drain
 
     if not console.is_terminal:
-        return drain(config, redis_url)
+        return drain(config, redis_url, ledgers)
     r = store.connect(redis_url)
-    lines = _count_lines(config.ledger)
+    lines = sum(_count_lines(path) for path in ledgers if path.exists())
     before = store.counts(r)
     finished = threading.Event()
     with _progress() as progress:
@@ -104,7 +139,7 @@ def _drain(config: Any, redis_url: str) -> dict:
         thread = threading.Thread(target=poll, name="drain-progress", daemon=True)
         thread.start()
         try:
-            return drain(config, redis_url)
+            return drain(config, redis_url, ledgers)
         finally:
             finished.set()
             thread.join()
@@ -119,18 +154,26 @@ def run(
     ] = False,
     flower_port: Annotated[int, typer.Option(help="Flower's port")] = 5555,
     flower_no_auth: Annotated[bool, typer.Option(help="allow Flower without auth")] = False,
-    drain: Annotated[bool, typer.Option(help="process the ledger, export, and exit")] = False,
-    demo: Annotated[bool, typer.Option(help="seed a demo ledger if the ledger is empty")] = True,
+    drain: Annotated[bool, typer.Option(help="process the ledgers, export, and exit")] = False,
+    demo: Annotated[
+        bool,
+        typer.Option(
+            help="with no --ledger or THRONOS_LEDGER and an empty default ledger, also follow "
+            "a demo file of simulated rows ($THRONOS_DATA_DIR/demo.ai_ledger.jsonl)"
+        ),
+    ] = True,
 ) -> None:
-    """Start Redis (unless REDIS_URL is set), workers, beat and the tail producer."""
+    """Start Redis (unless REDIS_URL is set), workers, beat and a tail producer per ledger."""
     from thronos_analytics.stack import Stack
 
-    _use_ledger(ledger)
-    config = settings()
+    config = settings(ledger or ())
     if flower:
         _check_flower_auth("--flower-no-auth", flower_no_auth)
-    if demo and (not config.ledger.exists() or config.ledger.stat().st_size == 0):
-        _seed_demo(config.ledger)
+    _check_ledgers(config.ledgers, config.ledger_named, _origin(ledger, config), must_exist=False)
+    ledgers = config.ledgers
+    # A ledger the user named is their data: simulated rows never go into it.
+    if demo and not config.ledger_named and _size(config.default_ledger) == 0:
+        ledgers = (config.default_ledger, _demo_ledger(config))
     stack = Stack(
         config, workers=workers, beat=not drain, flower_port=flower_port if flower else None
     )
@@ -141,43 +184,71 @@ def run(
         if flower:
             _print_flower(flower_port)
         if drain:
-            _print_json(_drain(config, stack.redis_url))
+            _print_json(_drain(config, ledgers, stack.redis_url))
             return
-        _serve(config, stack)
+        _serve(config, ledgers, stack)
 
 
-def _ledger_tail(config: Any, r: Any) -> Any:
-    """The tail producer on the configured ledger: rows to scoring, bad lines to dead letters."""
+def _origin(ledger: list[Path] | None, config: Settings) -> str:
+    if ledger:
+        return "from --ledger"
+    return "from THRONOS_LEDGER" if config.ledger_named else "the default ledger"
+
+
+def _ledger_tail(config: Settings, ledger: Path, r: Any) -> Any:
+    """The tail producer on one ledger: rows to scoring, bad lines to its dead letters."""
     from producers.dead_letter import DeadLetter
     from producers.emit import send_batch
     from producers.tail import TailProducer
 
-    dead_letter = DeadLetter(config.rejected_file, config.ledger.name, r)
-    return TailProducer(
-        config.ledger, send_batch, dead_letter.record, config.batch_size, confirm_with=r
-    )
+    dead_letter = DeadLetter(rejected_file(ledger), ledger.name, r)
+    return TailProducer(ledger, send_batch, dead_letter.record, config.batch_size, confirm_with=r)
 
 
-def _serve(config: Any, stack: Any) -> None:
+def _follow(
+    config: Settings, ledgers: tuple[Path, ...], r: Any
+) -> list[tuple[Any, threading.Thread]]:
+    """A tail producer thread per ledger, each with its own checkpoint beside its file."""
+    tails = []
+    for i, path in enumerate(ledgers, 1):
+        tail = _ledger_tail(config, path, r)
+        thread = threading.Thread(target=tail.run, name=f"tail{i}", daemon=True)
+        thread.start()
+        tails.append((tail, thread))
+    return tails
+
+
+def _stop(tails: list[tuple[Any, threading.Thread]]) -> None:
+    for tail, _ in tails:
+        tail.stop.set()
+    for _, thread in tails:
+        thread.join(5)
+
+
+def _serve(config: Settings, ledgers: tuple[Path, ...], stack: Any) -> None:
     from thronos_analytics import store
     from workers.tasks import refresh_analytics
 
     r = store.connect(stack.redis_url)
-    tail = _ledger_tail(config, r)
-    thread = threading.Thread(target=tail.run, name="tail", daemon=True)
-    thread.start()
-    console.print(f"[bold]Thronos analytics[/] on {config.ledger} (Redis {stack.redis_url})")
-    console.print(f"  flags:     thronos-analytics flags --follow   (REDIS_URL={stack.redis_url})")
-    console.print(f"  analytics: {config.analytics_json}")
-    console.print(f"  rejected:  {config.rejected_file}")
+    tails = _follow(config, ledgers, r)
+    console.print(f"[bold]Thronos analytics[/] (Redis {stack.redis_url})")
+    for path in ledgers:
+        console.print(f"  ledger:    {path}", soft_wrap=True)
+        console.print(f"  rejected:  {rejected_file(path)}", soft_wrap=True)
+    console.print(
+        f"  flags:     thronos-analytics flags --follow   (REDIS_URL={stack.redis_url})",
+        soft_wrap=True,
+    )
+    console.print(f"  analytics: {config.analytics_json}", soft_wrap=True)
     console.print("  Ctrl-C stops everything.")
     refreshed = False
     try:
         while True:
             stack.check()
             counts = store.counts(r)
-            if not refreshed and tail.position.offset >= config.ledger.stat().st_size:
-                # Caught up with the ledger: train and export now rather than at the next beat.
+            caught_up = all(t.position.offset >= _size(t.ledger) for t, _ in tails)
+            if not refreshed and caught_up:
+                # Caught up with every ledger: train and export now rather than at the next beat.
                 refresh_analytics.delay(force=True)
                 refreshed = True
             console.print(
@@ -189,37 +260,61 @@ def _serve(config: Any, stack: Any) -> None:
     except KeyboardInterrupt:
         console.print("stopping")
     finally:
-        tail.stop.set()
-        thread.join(5)
+        _stop(tails)
 
 
-def _seed_demo(ledger: Path) -> None:
+def _demo_ledger(config: Settings) -> Path:
+    """The demo file, written once: its own file, so no real ledger ever holds demo rows."""
     from analytics.simulate import SimConfig
 
+    demo = config.demo_ledger
+    if _size(demo) == 0:
+        _write_ledger(SimConfig(rows=DEMO_ROWS, seed=0, bad_rate=0.001), demo)
     console.print(
-        f"[yellow]{ledger} is empty: writing a DEMO ledger of {DEMO_ROWS:,} simulated "
-        "interactions (not real data)[/]"
+        f"[yellow]DEMO: {config.default_ledger} has no rows yet, so run also follows "
+        f"{_count_lines(demo):,} simulated interactions (not real data) in {demo}; "
+        f"real rows go to {config.default_ledger}[/]",
+        soft_wrap=True,
     )
-    _write_ledger(SimConfig(rows=DEMO_ROWS, seed=0, bad_rate=0.001), ledger)
+    return demo
 
 
 @app.command()
 def simulate(
     rows: Annotated[int, typer.Option(min=1)] = 20_000,
     seed: Annotated[int, typer.Option()] = 0,
-    out: Annotated[Path, typer.Option(help="ledger file to write")] = Path("data/ai_ledger.jsonl"),
+    out: Annotated[
+        Path | None,
+        typer.Option(help="file to write (default: $THRONOS_DATA_DIR/simulated.ai_ledger.jsonl)"),
+    ] = None,
     truth: Annotated[Path | None, typer.Option(help="also write the planted truth here")] = None,
     bad_rate: Annotated[float, typer.Option(help="share of malformed lines")] = 0.001,
+    force: Annotated[bool, typer.Option(help="overwrite a file that has lines")] = False,
 ) -> None:
     """Write a realistic synthetic ledger with planted personas, anomalies and a quality drop."""
     from analytics.simulate import SimConfig
 
+    out = out or settings().simulated_ledger
+    if out.is_dir():
+        raise _fail(f"--out {out} is a directory, not a file")
+    # A file with lines may be someone's ledger: replacing it loses their data.
+    if _size(out) > 0 and not force:
+        raise _fail(f"{out} already has lines; pass --force to overwrite it, or another --out")
     _print_json(_write_ledger(SimConfig(rows=rows, seed=seed, bad_rate=bad_rate), out, truth))
 
 
 @app.command()
-def backfill(path: Annotated[Path, typer.Argument(help="ledger file to replay")]) -> None:
-    """Replay a whole ledger file into the pipeline (idempotent: rows are keyed by id).
+def backfill(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            metavar="PATH", help="ledger files to replay (default: --ledger, else THRONOS_LEDGER)"
+        ),
+    ] = None,
+    ledger: LedgerOpt = None,
+) -> None:
+    """Replay whole ledger files into the pipeline, one after the other (idempotent: rows
+    are keyed by id).
 
     Returns once Redis has seen every row, sending again any that were lost on the way."""
     from producers.backfill import backfill as replay_file
@@ -227,30 +322,43 @@ def backfill(path: Annotated[Path, typer.Argument(help="ledger file to replay")]
     from producers.emit import send_batch
     from thronos_analytics import store
 
-    config = settings()
+    named = [*(paths or ()), *(ledger or ())]
+    config = settings(named)
+    origin = "" if paths else _origin(ledger, config)
+    _check_ledgers(config.ledgers, True, origin, must_exist=True)
     r = store.connect()
-    dead_letter = DeadLetter(path.with_name(path.stem + ".rejected.jsonl"), path.name, r)
-    replay = replay_file(path, send_batch, dead_letter.record, confirm_with=r)
-    _print_json(
-        {
-            "lines": replay.lines,
-            "rows": replay.rows,
-            "rejected": replay.rejected,
-            "batch_size": config.batch_size,
-        }
-    )
+    replays: list[dict[str, Any]] = []
+    for path in config.ledgers:
+        dead_letter = DeadLetter(rejected_file(path), path.name, r)
+        replay = replay_file(path, send_batch, dead_letter.record, confirm_with=r)
+        replays.append(
+            {
+                "ledger": str(path),
+                "lines": replay.lines,
+                "rows": replay.rows,
+                "rejected": replay.rejected,
+                "events": replay.events,
+            }
+        )
+    totals = {k: sum(int(e[k]) for e in replays) for k in ("lines", "rows", "rejected", "events")}
+    _print_json({**totals, "batch_size": config.batch_size, "ledgers": replays})
 
 
 @app.command()
 def tail(ledger: LedgerOpt = None) -> None:
-    """Follow a ledger that another program writes, from a durable checkpoint."""
+    """Follow ledgers that another program writes, each from its own durable checkpoint."""
     from thronos_analytics import store
 
-    _use_ledger(ledger)
-    config = settings()
-    producer = _ledger_tail(config, store.connect())
-    with contextlib.suppress(KeyboardInterrupt):
-        producer.run()
+    config = settings(ledger or ())
+    _check_ledgers(config.ledgers, config.ledger_named, _origin(ledger, config), must_exist=False)
+    tails = _follow(config, config.ledgers, store.connect())
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _stop(tails)
 
 
 @app.command()
