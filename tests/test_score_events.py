@@ -4,8 +4,15 @@ any order, replayed any number of times, the state equals a recount of the joine
 from __future__ import annotations
 
 import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import orjson
 import pytest
+from layouts import write_v4
 from test_store import assert_state_matches, flags_for
 
 from analytics.contract import Row, ScoreEvent, parse_line
@@ -129,3 +136,108 @@ def test_a_score_event_line_is_read_as_one_and_any_field_it_cannot_read_is_dropp
     assert odd.interaction_id == "5" and odd.id.startswith("h")
     assert odd.dropped == "created_at,quality_score"
     assert ScoreEvent.from_wire(odd.to_wire()) == odd
+
+
+# --- end to end: a late score event while `run` tails both files ---------------------------
+
+
+def wait_for_export(path: Path, ready, timeout: float = 180) -> dict:
+    """The first export written after now that satisfies ``ready``."""
+    since = time.time()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            document = orjson.loads(path.read_bytes())
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            document = None
+        if document and document["generated_at"] > since and ready(document):
+            return document
+        time.sleep(0.2)
+    raise TimeoutError(f"no export at {path} met the condition within {timeout:.0f}s")
+
+
+def test_a_score_event_an_hour_late_changes_the_next_export_and_a_replay_changes_nothing(
+    env, r, tmp_path
+):
+    v4, scores = tmp_path / "ai_interactions_v4.jsonl", tmp_path / "ai_scores.jsonl"
+    truth = write_v4(v4, scores, late_fraction=0.0, n=1500)
+    by_id = {row.id: row for row in truth.interactions}
+    provider, use_case = truth.interactions[0].provider, truth.interactions[0].use_case
+    events = [orjson.loads(line) for line in scores.read_bytes().splitlines()]
+    cell = [
+        e
+        for e in events
+        if (by_id[e["interaction_id"]].provider, e["domain_label"]) == (provider, use_case)
+    ]
+    held = cell[:40]  # these come an hour after their interactions
+    held_ids = {e["id"] for e in held}
+    scores.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events if e["id"] not in held_ids))
+    path = Path(env["THRONOS_DATA_DIR"]) / "ai_analytics.json"
+    stack = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "thronos_analytics.cli",
+            "run",
+            "--no-demo",
+            "--workers",
+            "1",
+            "--ledger",
+            str(v4),
+            "--ledger",
+            str(scores),
+        ],
+        env={**env, "THRONOS_RETRAIN_SECONDS": "2", "THRONOS_MIN_TRAIN_ROWS": "500"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def complete(n_events: int):
+            return lambda d: (
+                d["stats"]["interactions_scored"] == len(truth.interactions)
+                and d["stats"]["score_events"] == n_events
+                and provider in d["recommendations"]["model"]["use_cases"].get(use_case, {})
+            )
+
+        before = wait_for_export(path, complete(len(events) - len(held)))
+        old = before["recommendations"]["model"]["use_cases"][use_case][provider]
+        assert old["n"] == len(cell) - len(held)
+
+        late = [{**e, "created_at": e["created_at"] + 3_600_000} for e in held]
+        with scores.open("ab") as f:
+            f.write(b"".join(orjson.dumps(e) + b"\n" for e in late))
+        after = wait_for_export(path, complete(len(events)))
+        new = after["recommendations"]["model"]["use_cases"][use_case][provider]
+        assert new["n"] == len(cell)
+        expected = sum(e["quality_score"] for e in cell) / len(cell)
+        assert new["score"] == pytest.approx(expected, abs=1e-4)
+        assert after["stats"]["score_events_joined"] == len(truth.interactions)
+
+        # Replayed: the same lines appended again, and the whole file backfilled.
+        with scores.open("ab") as f:
+            f.write(b"".join(orjson.dumps(e) + b"\n" for e in late))
+        done = subprocess.run(
+            [sys.executable, "-m", "thronos_analytics.cli", "backfill", str(scores)],
+            env=env,
+            capture_output=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        # Every replayed event reached the script, which applied none of them again.
+        repeats = len(late) + len(events) + len(late)
+        deadline = time.monotonic() + 120
+        while int(r.hget(keys.STATS, "score_events_repeated") or 0) < repeats:
+            assert time.monotonic() < deadline, "the replayed events never reached a worker"
+            time.sleep(0.1)
+        assert int(r.hget(keys.STATS, "score_events_repeated")) == repeats
+        replayed = wait_for_export(path, lambda d: True)
+        assert replayed["stats"] == after["stats"]
+        again = replayed["recommendations"]["model"]["use_cases"][use_case][provider]
+        assert (again["n"], again["score"]) == (new["n"], new["score"])
+    finally:
+        stack.send_signal(signal.SIGINT)
+        try:
+            stack.wait(60)
+        except subprocess.TimeoutExpired:
+            stack.kill()

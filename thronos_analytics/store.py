@@ -444,6 +444,8 @@ for _, e in ipairs(cjson.decode(ARGV[1])) do
   end
 end
 if applied > 0 then redis.call('HINCRBY', stats, 'score_events', applied) end
+local repeated = #cjson.decode(ARGV[1]) - applied
+if repeated > 0 then redis.call('HINCRBY', stats, 'score_events_repeated', repeated) end
 return applied
 """
 
