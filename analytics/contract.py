@@ -19,7 +19,8 @@ writers produce interactions, and one line may be in any of their layouts:
   ``domain_label``, ``created_at``), joined downstream by interaction id.
 
 :data:`SOURCES` says, for each field, where each layout keeps it, in order of precedence:
-the first source that is present and readable wins. Where a row holds both a score and a
+the first source that is present and readable wins. A score is in 0..1 (a boolean verdict
+reads as 1 or 0); one outside is dropped. Where a row holds both a score and a
 rating, the score wins; ``eval.auto_score`` comes before ``feedback.score`` so that a
 server's rows are scored on one scale whether or not a person rated them.
 
@@ -81,7 +82,8 @@ SOURCES: dict[str, tuple[str, ...]] = {
     "output_chars": ("meta.output_chars", "meta.output_len", "meta.output_length"),
     "output_tokens": ("meta.output_tokens", "tokens_output", "tokens_out"),  # if no chars
     "tokens_in": ("meta.input_tokens", "tokens_input", "tokens_in"),
-    "status": ("meta.status",),
+    "status": ("meta.status", "status", "status_code"),
+    "error_code": ("error_code", "meta.error_code"),
 }
 EVENT_SOURCES: dict[str, tuple[str, ...]] = {
     "ts": ("created_at", "ts", "timestamp"),
@@ -265,7 +267,7 @@ def normalise(obj: Any, rating_scale: str = "auto", strict: bool = False) -> Row
     provider = _first(obj, meta, paths["provider"], _present, None)
     if not isinstance(provider, str) or not provider.strip():
         raise RowError("no provider" if provider is None else "provider is not a non-empty string")
-    score = _first(obj, meta, paths["score"], _number, dropped)
+    score = _first(obj, meta, paths["score"], _score, dropped)
     if score is None:
         score = _first(obj, meta, paths["rating"], _RATINGS[rating_scale], dropped)
     latency = _first(obj, meta, paths["latency_ms"], _non_negative, dropped)
@@ -322,7 +324,7 @@ def normalise_event(obj: dict[str, Any]) -> ScoreEvent:
         id=str(event_id)[:MAX_ID_CHARS],
         interaction_id=str(target),
         ts=ts,
-        score=_first(obj, {}, paths["score"], _unit_interval, dropped),
+        score=_first(obj, {}, paths["score"], _score, dropped),
         use_case=_first(obj, {}, paths["use_case"], _label, dropped),
         dropped=",".join(dropped) or None,
     )
@@ -344,7 +346,7 @@ def _meta(obj: dict[str, Any], dropped: list[str] | None) -> dict[str, Any]:
     """The row's ``meta`` (or ``metadata``) object; an unreadable one is dropped whole.
     It is read only for the fields named in SOURCES, never kept, so its size is bounded
     by the line's."""
-    key = "meta" if "meta" in obj else "metadata"
+    key = "meta" if obj.get("meta") is not None else "metadata"
     meta = obj.get(key)
     if meta is None:
         return {}
@@ -409,6 +411,13 @@ def _unit_interval(value: Any, name: str) -> float:
     if not 0 <= number <= 1:
         raise RowError(f"{name} {number} is outside 0..1")
     return number
+
+
+def _score(value: Any, name: str) -> float:
+    """A score is in 0..1; a boolean is a verdict (correct or not), read as 1 or 0."""
+    if type(value) is bool:
+        return float(value)
+    return _unit_interval(value, name)
 
 
 def _stars(value: Any, name: str) -> float:
@@ -485,17 +494,21 @@ def _parse_time_text(key: str, text: str) -> float:
 
 
 def _success(obj: dict[str, Any], meta: dict[str, Any]) -> bool:
-    """False if any source says the call failed: ``error``, ``success``, the status."""
+    """False if any source says the call failed: ``error``, ``success``, an error code,
+    the status."""
     if obj.get("error"):
         return False
     success = obj.get("success", True)
     if isinstance(success, bool | int) and not success:
         return False
+    code = _first(obj, meta, _PATHS["error_code"], _present, None)
+    if code not in (None, "", 0, False):
+        return False
     status = _first(obj, meta, _PATHS["status"], _present, None)
     if isinstance(status, str):
         return status.strip().lower() not in FAILED_STATUSES
     if type(status) is int:
-        return status < 400  # an HTTP status
+        return 0 <= status < 400  # an HTTP status; a negative one is a client's error
     return True
 
 
@@ -524,6 +537,8 @@ def _wire_error(data: list[Any] | tuple[Any, ...]) -> str | None:
             return f"{Row._fields[i]} is not a finite number"
         if value < 0 and i != 7:
             return f"{Row._fields[i]} is negative"
+        if i == 7 and not 0 <= value <= 1:
+            return "score is outside 0..1"
     ts = data[1]
     if type(ts) not in _NUMBER or not MIN_TS <= ts < MAX_TS:
         return "ts is not a number in 2000..2100"

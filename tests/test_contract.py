@@ -127,7 +127,8 @@ def test_bad_rows_are_rejected_with_a_reason(raw, reason):
     ("change", "field", "dropped"),
     [
         ({"score": "high"}, "score", "score"),
-        ({"score": True}, "score", "score"),
+        ({"score": 7}, "score", "score"),
+        ({"score": -0.2, "eval": {"auto_score": 9}}, "score", "score,eval.auto_score"),
         ({"credits_used": -1}, "credits_used", "credits_used"),
         ({"wallet": [1]}, "wallet", "wallet"),
         ({"meta": [1]}, "use_case", "meta"),
@@ -141,6 +142,33 @@ def test_an_unreadable_field_costs_that_field_never_the_row(change, field, dropp
     assert row.id == "abc" and row.provider == "claude"
     assert getattr(row, field) in (None, 0.0)
     assert row.dropped == dropped
+
+
+@pytest.mark.parametrize(
+    ("fields", "success"),
+    [
+        ({}, True),
+        ({"error": "boom"}, False),
+        ({"error": ""}, True),
+        ({"success": False}, False),
+        ({"error_code": 429}, False),
+        ({"error_code": None, "error": ""}, True),
+        ({"status_code": 503}, False),
+        ({"status_code": -1}, False),
+        ({"status": "timeout"}, False),
+        ({"meta": {"status": "ok", "use_case": "coding"}}, True),
+        ({"metadata": {"status": "failed"}, "meta": None}, False),  # a null meta: metadata
+    ],
+)
+def test_success_is_false_when_any_source_says_the_call_failed(fields, success):
+    row = parse_line(line({**SPEC_ROW, **fields}))
+    assert isinstance(row, Row) and row.success is success
+
+
+def test_a_boolean_verdict_reads_as_a_score():
+    assert parse_line(line({**SPEC_ROW, "score": True})).score == 1.0
+    event = parse_line(b'{"interaction_id": "x", "quality_score": false}')
+    assert event.score == 0.0
 
 
 def test_derived_id_is_deterministic_and_content_based():
