@@ -7,7 +7,10 @@ most like it, in robust standard deviations (1.4826 × MAD): output length and s
 the same (provider, use case), latency and credits with the same (provider, model), since
 that is what they depend on. A cell with fewer than ``MIN_CELL_ROWS`` rows falls back to
 the provider's norm, and an unseen provider to the norm of all rows. A missing measure
-counts as normal, so the other measures still count.
+counts as normal, so the other measures still count. A failed call (``success`` false)
+has no answer to measure: its latency and length are a refusal's (often 0), so all its
+measures count as missing, in the norms as in its own evidence; failures are counted as
+incidents instead.
 
 The fifth feature is context (:func:`context_counts`, :func:`featurise`): the calls
 per provider and per use case of the row's session and of its wallet, *other than the row
@@ -37,7 +40,7 @@ LOG_SCALED = np.array([True, False, True, True])
 REFINED_BY = ("use_case", "use_case", "model", "model")
 # A provider's spread never counts as smaller than this, so a provider with constant
 # values does not turn every tiny change into an extreme distance.
-MIN_SCALE = np.array([0.05, 0.02, 0.05, 0.05])
+MIN_SCALE = np.array([0.25, 0.02, 0.15, 0.05])
 # Below this many rows a cell's median and MAD are too noisy; its provider's norm is used.
 MIN_CELL_ROWS = 50
 # Only a low score is suspicious: a very good answer is no reason to look at a call.
@@ -50,6 +53,7 @@ MEMO_SIZE = 4096
 
 # attrgetter reads a dataclass and a named tuple alike, in one C call per row.
 _MEASURES = attrgetter(*BASE)
+_NO_MEASURES = (None,) * len(BASE)  # a failed call's
 _KEYS = attrgetter("provider", "use_case", "model", "session_id", "wallet")
 # Columns of the codes that featurise passes its kernel (named alike in _kernels.pyx).
 _NORM, _PROVIDER, _USE_CASE, _SESSION, _WALLET = 0, 4, 5, 6, 7
@@ -60,7 +64,10 @@ _LOW_SIDE_ONLY = LOW_SIDE_ONLY.astype(np.uint8)
 
 def base_matrix(rows: Sequence[Row]) -> np.ndarray:
     """(n, len(BASE)) float64 on the model's scale, NaN where a row lacks the measure."""
-    raw = _raw_measures([value for r in rows for value in _MEASURES(r)], len(rows))
+    raw = _raw_measures(
+        [value for r in rows for value in (_MEASURES(r) if r.success else _NO_MEASURES)],
+        len(rows),
+    )
     _kernels.log_scale(raw, _LOG_SCALED)
     return raw
 
@@ -290,7 +297,7 @@ def featurise(
                 wallets.get(wallet, -1),
             )
         )
-        add_measures(_MEASURES(row))
+        add_measures(_MEASURES(row) if row.success else _NO_MEASURES)
     n, n_p = len(rows), len(counts.providers)
     fresh, has_fresh = _NO_FRESH, _NO_FRESH_FLAGS
     if context is not None:

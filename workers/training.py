@@ -81,7 +81,7 @@ def fit_anomaly(r: store.Redis, force: bool = False) -> tuple[bytes, dict]:
     rows = store.window_rows(r, config.window_rows)
     if len(rows) < (2 if force else config.min_train_rows):
         raise Skipped(f"{len(rows)} rows in the window, {config.min_train_rows} needed")
-    detector = AnomalyDetector(contamination=config.contamination).fit(rows)
+    detector = AnomalyDetector(level=config.anomaly_level).fit(rows)
     _check_anomaly_model(detector, rows)
     return detector.to_bytes(), {"n_samples": len(rows), "providers": detector.norms_.providers}
 
@@ -90,7 +90,7 @@ def _check_anomaly_model(detector: AnomalyDetector, rows: list[Row]) -> None:
     """Refuse a model that would flag far more rows than asked for."""
     sample = rows[-2000:]
     flagged = np.mean([f["is_anomaly"] for f in detector.flag(sample)])
-    # With an automatic threshold (contamination "auto") allow what a bad day could show.
+    # Flagging by level, the share follows the data: allow what a bad day could show.
     expected = detector.contamination if np.isfinite(detector.contamination) else 0.05
     if not np.isfinite(detector.threshold_) or flagged > 10 * expected + 0.01:
         raise ValueError(f"model flags {flagged:.1%} of its own window; refusing it")
