@@ -219,6 +219,51 @@ def _fill(row: Row, stored: bytes) -> Row:
     return ScoreEvent(event_id, row.id, ts or None, score, use_case).fill(row)
 
 
+def provider_context(
+    r: Redis, rows: Sequence[Row], providers: Sequence[str]
+) -> list[dict[str, dict[str, float]]]:
+    """Per row, its session's and wallet's calls per provider other than the row itself, as
+    the state holds them now plus the batch's rows not yet counted: the history a live row
+    is scored with (``AnomalyDetector.flag``'s ``context``)."""
+    scopes = (("session", "session_id"), ("wallet", "wallet"))
+    whos = {
+        scope: sorted({getattr(row, attr) for row in rows} - {None, ""}) for scope, attr in scopes
+    }
+    pipe = r.pipeline(transaction=False)
+    pipe.smismember(keys.SEEN, [row.id for row in rows])
+    for scope, _ in scopes:
+        fields = [f"{who}\t{p}" for who in whos[scope] for p in providers]
+        pipe.hmget(keys.agg(scope, "mix"), fields) if fields else pipe.echo("")
+    seen, *mixes = pipe.execute()
+    counts: dict[str, dict[str, dict[str, float]]] = {}
+    for (scope, _), mix in zip(scopes, mixes, strict=True):
+        held = counts[scope] = {}
+        values = iter(mix or [])
+        for who in whos[scope]:
+            held[who] = {p: float(next(values) or 0) for p in providers}
+    new_ids: set[str] = set()
+    for row, was_seen in zip(rows, seen, strict=True):
+        if was_seen or row.id in new_ids:
+            continue
+        new_ids.add(row.id)
+        for scope, attr in scopes:
+            who = getattr(row, attr)
+            if who and row.provider in counts[scope].get(who, {}):
+                counts[scope][who][row.provider] += 1
+    context = []
+    for row in rows:
+        entry: dict[str, dict[str, float]] = {}
+        for scope, attr in scopes:
+            who = getattr(row, attr)
+            if who:
+                others = dict(counts[scope][who])
+                if row.provider in others:  # the row itself is counted: take it off
+                    others[row.provider] = max(others[row.provider] - 1, 0.0)
+                entry[scope] = others
+        context.append(entry)
+    return context
+
+
 def apply_batch(
     r: Redis,
     rows: Sequence[Row],

@@ -152,7 +152,9 @@ def _score(r: store.Redis, rows: list[Row], rejected: int) -> dict[str, Any]:
             }
         version, detector = loaded
         now = time.time()
-        flags = detector.flag(store.joined(rows, joins))
+        # Scored with its session's and wallet's history as it is now, as in training.
+        context = store.provider_context(r, rows, detector.context_.providers)
+        flags = detector.flag(store.joined(rows, joins), context)
         for flag in flags:
             flag["model_version"] = version
             flag["scored_at"] = now
