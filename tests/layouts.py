@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +35,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
+
+from analytics.contract import Row
 
 N = 3000
 SEED = 7
@@ -522,3 +525,25 @@ def write_layout(layout: str, directory: Path, **kwargs: Any) -> Truth:
     if name == "v4":
         return write_v4(path, directory / SCORES_FILE, **kwargs)
     raise ValueError(f"unknown layout {layout!r}")
+
+
+ANOMALY_KINDS = ("latency", "empty_output", "credits", "score")
+
+
+def plant_anomalies(rows: Sequence[Row], rate: float, seed: int) -> tuple[list[Row], np.ndarray]:
+    """``rate`` of the rows made anomalous, the kinds in turn: latency x8-40, an empty
+    output, credits x8-30, a score near 0 where the cell's is about 0.85; and which."""
+    rng = np.random.default_rng(seed)
+    out, truth = list(rows), np.zeros(len(rows), dtype=bool)
+    for k, i in enumerate(rng.choice(len(rows), int(rate * len(rows)), replace=False)):
+        row, kind = out[i], ANOMALY_KINDS[k % len(ANOMALY_KINDS)]
+        if kind == "latency":
+            row = row._replace(latency_ms=(row.latency_ms or 1000.0) * rng.uniform(8, 40))
+        elif kind == "empty_output":
+            row = row._replace(output_len=0.0)
+        elif kind == "credits":
+            row = row._replace(credits_used=row.credits_used * rng.uniform(8, 30))
+        else:
+            row = row._replace(score=float(rng.uniform(0.0, 0.1)))
+        out[i], truth[i] = row, True
+    return out, truth

@@ -9,12 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from layouts import write_spec
+from layouts import plant_anomalies, write_spec
 
 from analytics.anomaly import AnomalyDetector
 from analytics.contract import Row, parse_line
-
-KINDS = ("latency", "empty_output", "credits", "score")
 
 
 @pytest.fixture(scope="module")
@@ -22,25 +20,6 @@ def clean(tmp_path_factory) -> list[Row]:
     path = Path(tmp_path_factory.mktemp("scenario")) / "ai_ledger.jsonl"
     write_spec(path, n=30_000, seed=11)
     return [row for row in map(parse_line, path.read_bytes().splitlines()) if type(row) is Row]
-
-
-def planted(rows: list[Row], rate: float, seed: int) -> tuple[list[Row], np.ndarray]:
-    """``rate`` of the rows made anomalous, the kinds in turn: latency ×8-40, an empty
-    output, credits ×8-30, a score near 0 where the cell's is about 0.85."""
-    rng = np.random.default_rng(seed)
-    out, truth = list(rows), np.zeros(len(rows), dtype=bool)
-    for k, i in enumerate(rng.choice(len(rows), int(rate * len(rows)), replace=False)):
-        row, kind = out[i], KINDS[k % len(KINDS)]
-        if kind == "latency":
-            row = row._replace(latency_ms=(row.latency_ms or 1000.0) * rng.uniform(8, 40))
-        elif kind == "empty_output":
-            row = row._replace(output_len=0.0)
-        elif kind == "credits":
-            row = row._replace(credits_used=row.credits_used * rng.uniform(8, 30))
-        else:
-            row = row._replace(score=float(rng.uniform(0.0, 0.1)))
-        out[i], truth[i] = row, True
-    return out, truth
 
 
 def precision_recall(detector: AnomalyDetector, rows: list[Row], truth: np.ndarray):
@@ -59,13 +38,13 @@ def test_a_clean_ledger_is_almost_never_flagged(clean):
 
 @pytest.mark.parametrize(("rate", "least"), [(0.002, 0.8), (0.01, 0.95), (0.05, 0.9)])
 def test_anomalies_are_found_whatever_their_share(clean, rate, least):
-    rows, truth = planted(clean, rate, seed=3)
+    rows, truth = plant_anomalies(clean, rate, seed=3)
     precision, recall = precision_recall(AnomalyDetector().fit(rows), rows, truth)
     assert precision >= least and recall >= 0.95
 
 
 def test_a_fixed_share_loses_anomalies_that_are_more_than_it(clean):
-    rows, truth = planted(clean, 0.05, seed=3)
+    rows, truth = plant_anomalies(clean, 0.05, seed=3)
     _, recall = precision_recall(AnomalyDetector(contamination=0.01).fit(rows), rows, truth)
     assert recall < 0.3  # what the level-based default fixes
 
