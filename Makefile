@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml setup.py analytics/_kernels.pyx
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-run: $(STAMP)  ## start the stack on data/ai_ledger.jsonl (and a demo file while that is empty)
+run: $(STAMP)  ## start the stack on data/ai_ledger.jsonl; while it is empty, also follow data/demo.ai_ledger.jsonl (simulated rows)
 	$(BIN)/thronos-analytics run
 
 drain: $(STAMP)  ## process the ledger once, write data/ai_analytics.json, exit

@@ -137,7 +137,8 @@ def test_status_fits_a_screen_and_keeps_its_json_keys(env, r):
     assert done.returncode == 0, done.stderr.decode()
     text = done.stdout.decode()
     assert len(text.splitlines()) <= 40, text
-    for label in ("throughput", "lag", "rejected", "anomaly rate", "queue scoring", "anomaly"):
+    labels = ("throughput", "lag", "rejected", "anomaly rate", "queue scoring", "anomaly")
+    for label in (*labels, "score events"):
         assert label in text
 
     report = orjson.loads(
@@ -146,6 +147,8 @@ def test_status_fits_a_screen_and_keeps_its_json_keys(env, r):
     old = {"interactions_seen", "interactions_scored", "interactions_rejected", "anomalies"}
     old |= {"pending", "queues", "models", "last_export"}
     new = {"throughput", "lag", "backlog", "anomaly_rate", "last_rejection", "warnings"}
+    new |= {"score_events", "score_events_joined", "score_events_orphaned", "dropped_fields"}
+    new |= {"state_warning"}
     assert old | new <= report.keys()
     assert set(report["models"]["anomaly"]) == {"version", "age_s", "n_samples", "last_failure"}
 
