@@ -154,8 +154,13 @@ def _on_task_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> N
 
 
 def _on_task_postrun(
-    task_id: str | None = None, task: Any = None, retval: Any = None, state: str = "", **_: Any
+    task_id: str | None = None,
+    task: Any = None,
+    retval: Any = None,
+    state: str | None = "",
+    **_: Any,
 ) -> None:
+    state = state or ""  # celery sends None for a task that raised
     extra: dict[str, Any] = {
         "state": state,
         "duration_s": round(time.perf_counter() - _started.get(), 4),
