@@ -12,6 +12,7 @@ EXPECTED = {
     "thronos.retrain_profiles",
     "thronos.retrain_recommender",
     "thronos.detect_quality_drops",
+    "thronos.detect_incidents",
     "thronos.write_analytics",
     "thronos.refresh_analytics",
 }

@@ -600,6 +600,12 @@ def _add_numbers(grid: Any, report: dict[str, Any]) -> None:
         grid.add_row("quality", Text(warning, style="yellow"))
     if len(report["warnings"]) > 3:
         grid.add_row("", f"[yellow]… {len(report['warnings']) - 3} more[/]")
+    if not report["incidents"]:
+        grid.add_row("incidents", "[dim]none active[/]")
+    for incident in report["incidents"][:3]:
+        grid.add_row("incident", Text(incident, style="bold yellow"))
+    if len(report["incidents"]) > 3:
+        grid.add_row("", f"[yellow]… {len(report['incidents']) - 3} more active incidents[/]")
     if report["state_warning"]:
         grid.add_row("[red]STATE[/]", Text(report["state_warning"], style="bold red"))
 
@@ -852,6 +858,8 @@ def _status_report(r: Any) -> dict[str, Any]:
         }
     report["dropped_fields"] = store.dropped_fields(r)
     report["warnings"] = [orjson.loads(v).get("message", "") for v in r.hvals(keys.WARNINGS)]
+    incidents = sorted(map(orjson.loads, r.hvals(keys.INCIDENTS)), key=lambda i: -i["since_ts"])
+    report["incidents"] = [i["message"] for i in incidents if i["active"]]
     # The hash holds strings: numbers go back to numbers for scripts.
     export = {k.decode(): _number(v.decode()) for k, v in r.hgetall(keys.EXPORT).items()}
     report["state_warning"] = export.pop("state_warning", None)
@@ -1047,6 +1055,9 @@ def _print_status(report: dict[str, Any]) -> None:
     footer += [f"[yellow]warning[/] {w}" for w in report["warnings"][:3]]
     if len(report["warnings"]) > 3:
         footer.append(f"[yellow]… {len(report['warnings']) - 3} more warnings[/]")
+    footer += [f"[bold yellow]incident[/] {_escape(m)}" for m in report["incidents"][:3]]
+    if len(report["incidents"]) > 3:
+        footer.append(f"[yellow]… {len(report['incidents']) - 3} more active incidents[/]")
     out.print(
         Columns(
             [

@@ -76,7 +76,7 @@ def drain(
     if not unscored:
         wait_until_flagged(r, ids, timeout)
     scored = time.perf_counter()
-    export = refresh_signature(("profiles", "recommender", "quality")).apply_async()
+    export = refresh_signature(("profiles", "recommender", "quality", "incidents")).apply_async()
     summary = export.get(timeout=timeout)
     finished = time.perf_counter()
 

@@ -28,6 +28,8 @@ ANOMALIES_BY_PROVIDER = P + "stats:anomalies_by_provider"  # HASH provider -> co
 LAG_HISTOGRAM = P + "stats:lag"  # HASH bucket bound -> count, and "sum"
 WORKER_ROWS = P + "stats:worker_rows"  # HASH worker hostname -> rows handled (deliveries)
 WARNINGS = P + "warnings"  # HASH warning key -> JSON, so each is reported once
+# HASH incident key -> JSON: the incidents of the current window, with first_reported_at
+INCIDENTS = P + "incidents"
 # Score events, joined to interactions by id whichever arrives first (see store.apply_scores).
 SCORE_EVENTS = P + "join:events"  # SET of score event ids applied
 SCORES = P + "join:scores"  # HASH interaction id -> its newest event, JSON [ts, id, score, uc]
@@ -53,7 +55,7 @@ SESSION_WALLET = P + "agg:session:wallet"  # HASH session -> wallet
 WALLET_SESSIONS = P + "agg:wallet:sessions"  # HASH wallet -> number of sessions
 WALLET_SESSION_SEEN = P + "agg:wallet:session_seen"  # HASH "wallet\tsession" -> 1
 
-MODEL_NAMES = ("anomaly", "profiles", "recommender", "quality")
+MODEL_NAMES = ("anomaly", "profiles", "recommender", "quality", "incidents")
 
 
 def agg(scope: str, measure: str) -> str:

@@ -12,6 +12,7 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterator, Sequence
 
+import orjson
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -22,6 +23,9 @@ from prometheus_client.core import (
 from thronos_analytics import keys, store
 from workers.queues import QUEUES
 
+# The kinds of analytics/incidents.py (not imported: it loads pandas and scipy); every kind
+# has a gauge, 0 when none is active, so an alert can tell "none" from "not scraped".
+INCIDENT_KINDS = ("call_burst", "spend_spike", "empty_outputs", "latency_regression", "error_spike")
 # Upper bounds, in seconds, of the ledger-write-to-flag lag histogram.
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 600.0)
 
@@ -73,6 +77,20 @@ class RedisCollector:
         yield GaugeMetricFamily(
             "thronos_quality_warnings", "Active quality-drop warnings", value=r.hlen(keys.WARNINGS)
         )
+        yield self._incidents(r)
+
+    def _incidents(self, r: store.Redis) -> Metric:
+        active = Counter(
+            incident["kind"]
+            for incident in map(orjson.loads, r.hvals(keys.INCIDENTS))
+            if incident.get("active")
+        )
+        gauge = GaugeMetricFamily(
+            "thronos_incidents_active", "Active incidents, by kind", labels=["kind"]
+        )
+        for kind in (*INCIDENT_KINDS, *sorted(set(active) - set(INCIDENT_KINDS))):
+            gauge.add_metric([kind], active.get(kind, 0))
+        return gauge
 
     def _models(self, r: store.Redis) -> Iterator[Metric]:
         age = GaugeMetricFamily("thronos_model_age_seconds", "Age of the model", labels=["model"])

@@ -37,6 +37,7 @@ def build_analytics(r: store.Redis) -> dict[str, Any]:
     profiles = _model_json(r, "profiles") or {"wallets": {}, "sessions": {}, "clusters": []}
     recommender = _model_json(r, "recommender") or {"use_cases": {}, "wallets": {}}
     quality = _model_json(r, "quality") or {"warnings": []}
+    incidents = _model_json(r, "incidents") or {"incidents": []}
     counts = store.counts(r)
     return {
         "schema_version": SCHEMA_VERSION,
@@ -75,6 +76,7 @@ def build_analytics(r: store.Redis) -> dict[str, Any]:
             "model": recommender,
         },
         "warnings": quality["warnings"],
+        "incidents": incidents["incidents"],
         "suggestions": suggestions(recommender) if recommender["wallets"] else {},
     }
 

@@ -23,6 +23,7 @@ ROUTES = {
     "thronos.score_batch": {"queue": SCORING},
     "thronos.retrain_*": {"queue": TRAINING},
     "thronos.detect_quality_drops": {"queue": TRAINING},
+    "thronos.detect_incidents": {"queue": TRAINING},
     "thronos.refresh_analytics": {"queue": TRAINING},
     "thronos.write_analytics": {"queue": TRAINING},
 }

@@ -429,6 +429,46 @@ def warnings_list(warnings: list[dict[str, Any]]) -> str:
     )
 
 
+INCIDENT_KINDS = {
+    "call_burst": "call burst",
+    "spend_spike": "spend spike",
+    "empty_outputs": "empty outputs",
+    "latency_regression": "latency regression",
+    "error_spike": "error spike",
+}
+
+
+def incidents_list(incidents: list[dict[str, Any]]) -> str:
+    """The active incidents, newest first, each its one line and its evidence in short; the
+    ones that ended in the window folded away below."""
+    active = [i for i in incidents if i.get("active")]
+    ended = [i for i in incidents if not i.get("active")]
+    out = (
+        '<ul class="incidents">' + "".join(map(_incident_item, active)) + "</ul>"
+        if active
+        else '<p class="empty">No active incidents.</p>'
+    )
+    if ended:
+        out += (
+            f"<details><summary>{len(ended):,} more ended earlier in the window</summary>"
+            '<ul class="incidents ended">' + "".join(map(_incident_item, ended)) + "</ul></details>"
+        )
+    return out
+
+
+def _incident_item(incident: dict[str, Any]) -> str:
+    evidence = incident.get("evidence", {})
+    detail = (
+        f"{evidence.get('ratio', '–')}× its baseline · CUSUM {evidence.get('statistic', '–')}"
+        f" over a threshold of {evidence.get('threshold', '–')}"
+    )
+    kind = INCIDENT_KINDS.get(incident["kind"], incident["kind"])
+    return (
+        f'<li class="incident"><b>⚠ {_e(kind)}</b> {_e(incident["message"])} '
+        f'<span class="meta">({_e(detail)})</span></li>'
+    )
+
+
 def suggestions_table(document: dict[str, Any]) -> str:
     suggestions = document.get("suggestions", {})
     if not suggestions:
@@ -467,6 +507,8 @@ th,td{border-bottom:1px solid #e5e5e5;padding:4px 8px;text-align:left;vertical-a
 td.num{text-align:right}.mono{font-family:ui-monospace,monospace;font-size:12px}
 td ul{margin:0;padding-left:18px}.scroll{max-height:480px;overflow:auto}
 .warnings li{color:#B23B00}.empty{color:#777;font-style:italic}
+.incidents li{margin:4px 0}.incidents b{color:#B23B00}.ended b{color:#555}
+summary{cursor:pointer;color:#555}
 input[type=search]{font-size:14px;padding:4px 8px;width:320px}
 """
 
@@ -488,15 +530,18 @@ def render(document: dict[str, Any], trend: dict[str, Any] | None = None) -> str
     )
     scored = stats.get("interactions_scored", 0)
     rate = f"{stats.get('anomalies', 0) / scored:.2%}" if scored else "–"
+    incidents = document.get("incidents", [])
     cards = [
         ("interactions scored", f"{scored:,}"),
         ("anomalies", f"{stats.get('anomalies', 0):,} ({rate})"),
         ("rejected lines", f"{stats.get('interactions_rejected', 0):,}"),
         ("quality warnings", f"{len(document.get('warnings', [])):,}"),
+        ("active incidents", f"{sum(bool(i.get('active')) for i in incidents):,}"),
         ("wallets with suggestions", f"{len(document.get('suggestions', {})):,}"),
     ]
     recommendations = document.get("recommendations", {})
     sections = [
+        ("Incidents", incidents_list(incidents)),
         (
             "Personas",
             personas_chart(document.get("profiles", {}))

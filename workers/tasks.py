@@ -86,6 +86,14 @@ def detect_quality_drops() -> dict[str, Any]:
     return training.retrain(r, "quality", lambda: training.fit_quality_model(r))
 
 
+@app.task(name="thronos.detect_incidents", ignore_result=False)
+def detect_incidents() -> dict[str, Any]:
+    from workers import training
+
+    r = store.connect()
+    return training.retrain(r, "incidents", lambda: training.fit_incidents_model(r))
+
+
 @app.task(name="thronos.write_analytics", ignore_result=False)
 def write_analytics(retrains: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     from workers import export
@@ -99,6 +107,7 @@ TASKS = {
     "profiles": retrain_profiles,
     "recommender": retrain_recommender,
     "quality": detect_quality_drops,
+    "incidents": detect_incidents,
 }
 
 

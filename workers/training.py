@@ -19,6 +19,7 @@ import pandas as pd
 
 from analytics.anomaly import AnomalyDetector
 from analytics.contract import Row
+from analytics.incidents import detect_incidents
 from analytics.profiles import fit_profiles
 from analytics.quality import detect_drops
 from analytics.recommend import fit_recommender
@@ -149,10 +150,15 @@ def _aggregates(r: store.Redis, scope: str) -> pd.DataFrame:
     return frame
 
 
+WINDOW_COLUMNS = [
+    *("ts", "provider", "model", "use_case", "wallet", "score", "latency_ms", "credits_used"),
+    *("success", "output_len", "output_unit", "cost_usd"),  # for incidents
+]
+
+
 def window_frame(r: store.Redis) -> pd.DataFrame:
     rows = store.window_rows(r, settings().window_rows)
-    columns = ["ts", "provider", "use_case", "wallet", "score", "latency_ms", "credits_used"]
-    return pd.DataFrame(rows, columns=Row._fields)[columns]  # rows are named tuples
+    return pd.DataFrame(rows, columns=Row._fields)[WINDOW_COLUMNS]  # rows are named tuples
 
 
 def fit_recommender_model(r: store.Redis) -> tuple[bytes, dict]:
@@ -180,3 +186,30 @@ def fit_quality_model(r: store.Redis) -> tuple[bytes, dict]:
     if cleared:
         r.hdel(keys.WARNINGS, *cleared)
     return orjson.dumps({"warnings": warnings}), {"n_samples": len(frame), "active": len(warnings)}
+
+
+def fit_incidents_model(r: store.Redis) -> tuple[bytes, dict]:
+    """The window's incidents, newest first, on the ledger's own clock (its newest row).
+
+    ``thronos:incidents`` holds those of the current window, each with the time it was first
+    reported; an incident is logged once, when it is first found active.
+    """
+    frame = window_frame(r)
+    incidents = detect_incidents(frame) if len(frame) else []
+    known = {k.decode(): orjson.loads(v) for k, v in r.hgetall(keys.INCIDENTS).items()}
+    now = time.time()
+    for incident in incidents:
+        seen = known.get(incident["key"])
+        incident["first_reported_at"] = seen["first_reported_at"] if seen else now
+        if incident["active"] and not (seen and seen["active"]):
+            log.warning("incident: %s", incident["message"])
+    pipe = r.pipeline()
+    gone = set(known) - {i["key"] for i in incidents}
+    if gone:
+        pipe.hdel(keys.INCIDENTS, *gone)
+    if incidents:
+        pipe.hset(keys.INCIDENTS, mapping={i["key"]: orjson.dumps(i) for i in incidents})
+    pipe.execute()
+    active = sum(i["active"] for i in incidents)
+    info = {"n_samples": len(frame), "incidents": len(incidents), "active": active}
+    return orjson.dumps({"incidents": incidents}), info
