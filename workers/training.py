@@ -21,7 +21,7 @@ from analytics.anomaly import AnomalyDetector
 from analytics.contract import Row
 from analytics.incidents import detect_incidents
 from analytics.profiles import fit_profiles
-from analytics.quality import detect_drops
+from analytics.quality import active_warnings, ended_warnings, find_episodes
 from analytics.recommend import fit_recommender
 from thronos_analytics import keys, store
 from thronos_analytics.settings import settings
@@ -170,9 +170,14 @@ def fit_recommender_model(r: store.Redis) -> tuple[bytes, dict]:
 
 
 def fit_quality_model(r: store.Redis) -> tuple[bytes, dict]:
-    """Current warnings; each keeps the time it was first reported, so it is announced once."""
+    """The window's active quality warnings and, apart, its drops that ended.
+
+    Each active warning keeps the time it was first reported, so it is announced once;
+    ``thronos:warnings`` holds the active ones, with their current numbers.
+    """
     frame = window_frame(r)
-    warnings = detect_drops(frame) if len(frame) else []
+    found = find_episodes(frame) if len(frame) else []
+    warnings, ended = active_warnings(found), ended_warnings(found)
     first_seen = {k.decode(): orjson.loads(v) for k, v in r.hgetall(keys.WARNINGS).items()}
     now = time.time()
     for warning in warnings:
@@ -180,12 +185,16 @@ def fit_quality_model(r: store.Redis) -> tuple[bytes, dict]:
         warning["first_reported_at"] = known["first_reported_at"] if known else now
         if not known:
             log.warning(warning["message"])
-            r.hset(keys.WARNINGS, warning["key"], orjson.dumps(warning))
+    pipe = r.pipeline()
     # A warning that cleared is forgotten, so a later drop is announced again.
     cleared = set(first_seen) - {w["key"] for w in warnings}
     if cleared:
-        r.hdel(keys.WARNINGS, *cleared)
-    return orjson.dumps({"warnings": warnings}), {"n_samples": len(frame), "active": len(warnings)}
+        pipe.hdel(keys.WARNINGS, *cleared)
+    if warnings:
+        pipe.hset(keys.WARNINGS, mapping={w["key"]: orjson.dumps(w) for w in warnings})
+    pipe.execute()
+    info = {"n_samples": len(frame), "active": len(warnings), "ended": len(ended)}
+    return orjson.dumps({"warnings": warnings, "ended": ended}), info
 
 
 def fit_incidents_model(r: store.Redis) -> tuple[bytes, dict]:
