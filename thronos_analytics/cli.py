@@ -777,11 +777,12 @@ def recommend(
     as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts")] = False,
 ) -> None:
     """Suggest providers for a use case, from the latest ai_analytics.json (no Redis needed)."""
-    from analytics.recommend import rank
+    from analytics.recommend import explain_empty, known_wallet, rank
 
     path = settings().analytics_json
     try:
-        model = orjson.loads(path.read_bytes())["recommendations"]["model"]
+        document = orjson.loads(path.read_bytes())
+        model = document["recommendations"]["model"]
     except FileNotFoundError:
         raise _fail(
             f"{path} does not exist yet: `thronos-analytics run` writes it after its first"
@@ -790,22 +791,27 @@ def recommend(
         ) from None
     except (orjson.JSONDecodeError, KeyError, TypeError):
         raise _fail(f"{path} is not an analytics export (no recommendations.model)", 1) from None
-    if wallet and wallet not in model.get("wallets", {}) and wallet not in model.get("offsets", {}):
+    warnings = document.get("warnings") or []
+    if wallet and not known_wallet(model, wallet):
         sys.stderr.write(
             f"note: wallet {wallet!r} is unknown to the recommender (no rows of it in the last"
             " training): the ranking shown is the global one\n"
         )
         wallet = None
-    ranked = rank(model, use_case, wallet, max_latency_ms, max_credits, top)
+    ranked = rank(model, use_case, wallet, max_latency_ms, max_credits, top, warnings=warnings)
+    why = None if ranked else explain_empty(model, use_case, wallet, max_latency_ms, max_credits)
     if as_json:
         _print_json(ranked)
+        if why:
+            sys.stderr.write(f"note: {why['text']}\n")
         return
     if not ranked:
-        known = ", ".join(sorted(model["use_cases"])) or "none yet"
-        why = f"no provider fits use case {use_case!r} within the budget (known: {known})"
-        raise _fail(why, code=1)
+        raise _fail(why["text"] if why else f"no provider for use case {use_case!r}", code=1)
     for i, choice in enumerate(ranked, 1):
-        print(f"{i}. {choice['provider']:<10} weight {choice['weight']:.2f}  {choice['reason']}")
+        mark = " (explore)" if choice["explore"] else " (warning)" if choice["warning"] else ""
+        print(
+            f"{i}. {choice['provider']:<10} p_best {choice['p_best']:.2f}{mark}  {choice['reason']}"
+        )
 
 
 @app.command()

@@ -37,6 +37,7 @@ def build_analytics(r: store.Redis) -> dict[str, Any]:
     profiles = _model_json(r, "profiles") or {"wallets": {}, "sessions": {}, "clusters": []}
     recommender = _model_json(r, "recommender") or {"use_cases": {}, "wallets": {}}
     quality = _model_json(r, "quality") or {"warnings": []}
+    warnings = quality["warnings"]
     incidents = _model_json(r, "incidents") or {"incidents": []}
     counts = store.counts(r)
     return {
@@ -63,12 +64,12 @@ def build_analytics(r: store.Redis) -> dict[str, Any]:
         "anomalies": [orjson.loads(fields[b"a"]) for _, fields in r.xrange(keys.ANOMALIES)],
         "recommendations": {
             "global": {
-                use_case: rank(recommender, use_case, top=TOP)
+                use_case: rank(recommender, use_case, top=TOP, warnings=warnings)
                 for use_case in sorted(recommender["use_cases"])
             },
             "wallets": {
                 wallet: {
-                    use_case: rank(recommender, use_case, wallet, top=TOP)
+                    use_case: rank(recommender, use_case, wallet, top=TOP, warnings=warnings)
                     for use_case in sorted(use_cases)
                 }
                 for wallet, use_cases in recommender["wallets"].items()
@@ -77,7 +78,7 @@ def build_analytics(r: store.Redis) -> dict[str, Any]:
         },
         "warnings": quality["warnings"],
         "incidents": incidents["incidents"],
-        "suggestions": suggestions(recommender) if recommender["wallets"] else {},
+        "suggestions": suggestions(recommender, warnings) if recommender["wallets"] else {},
     }
 
 

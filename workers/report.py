@@ -313,11 +313,13 @@ def expected_chart(model: dict[str, Any], ranked: dict[str, list[dict[str, Any]]
             cell = model["use_cases"][use_case].get(provider)
             if not cell:
                 continue
-            x, y = gx + i * bar_w, ax.py(cell["score"])
+            expected = cell.get("expected_score", cell["score"])
+            x, y = gx + i * bar_w, ax.py(expected)
             body.append(
                 f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w - 2:.1f}" height="{ax.y0 - y:.1f}" '
                 f'fill="{colors[provider]}"><title>{_e(use_case)} · {_e(provider)}: expected score '
-                f"{cell['score']:.2f} over {cell.get('n', 0):,} calls</title></rect>"
+                f"{expected:.2f} ({cell.get('n_eff', cell.get('n', 0)):,.0f} effective of "
+                f"{cell.get('n', 0):,} calls)</title></rect>"
             )
             if provider == best:
                 body.append(
@@ -477,7 +479,9 @@ def suggestions_table(document: dict[str, Any]) -> str:
     rows = []
     for wallet in sorted(suggestions):
         persona = wallets.get(wallet, {}).get("label", "")
-        items = "".join(f"<li>{_e(s)}</li>" for s in suggestions[wallet])
+        items = "".join(
+            f"<li>{_e(s['text'] if isinstance(s, dict) else s)}</li>" for s in suggestions[wallet]
+        )
         rows.append(
             f"<tr><td class=mono>{_e(wallet)}</td><td>{_e(persona)}</td>"
             f"<td><ul>{items}</ul></td></tr>"
