@@ -169,6 +169,25 @@ def fit_recommender_model(r: store.Redis) -> tuple[bytes, dict]:
     return orjson.dumps(model), {"n_samples": len(frame), "use_cases": len(model["use_cases"])}
 
 
+def _report_once(r: store.Redis, key: str, items: list[dict[str, Any]], what: str) -> None:
+    """Keep ``items`` (warnings or incidents, by their ``key``) in the hash ``key``, each with
+    the time it was first reported, and log each once, when it is first found active."""
+    known = {k.decode(): orjson.loads(v) for k, v in r.hgetall(key).items()}
+    now = time.time()
+    for item in items:
+        seen = known.get(item["key"])
+        item["first_reported_at"] = seen["first_reported_at"] if seen else now
+        if item.get("active", True) and not (seen and seen.get("active", True)):
+            log.warning("%s: %s", what, item["message"])
+    pipe = r.pipeline()
+    gone = set(known) - {i["key"] for i in items}
+    if gone:
+        pipe.hdel(key, *gone)
+    if items:
+        pipe.hset(key, mapping={i["key"]: orjson.dumps(i) for i in items})
+    pipe.execute()
+
+
 def fit_quality_model(r: store.Redis) -> tuple[bytes, dict]:
     """The window's active quality warnings and, apart, its drops that ended.
 
@@ -178,21 +197,8 @@ def fit_quality_model(r: store.Redis) -> tuple[bytes, dict]:
     frame = window_frame(r)
     found = find_episodes(frame) if len(frame) else []
     warnings, ended = active_warnings(found), ended_warnings(found)
-    first_seen = {k.decode(): orjson.loads(v) for k, v in r.hgetall(keys.WARNINGS).items()}
-    now = time.time()
-    for warning in warnings:
-        known = first_seen.get(warning["key"])
-        warning["first_reported_at"] = known["first_reported_at"] if known else now
-        if not known:
-            log.warning(warning["message"])
-    pipe = r.pipeline()
     # A warning that cleared is forgotten, so a later drop is announced again.
-    cleared = set(first_seen) - {w["key"] for w in warnings}
-    if cleared:
-        pipe.hdel(keys.WARNINGS, *cleared)
-    if warnings:
-        pipe.hset(keys.WARNINGS, mapping={w["key"]: orjson.dumps(w) for w in warnings})
-    pipe.execute()
+    _report_once(r, keys.WARNINGS, warnings, "quality warning")
     info = {"n_samples": len(frame), "active": len(warnings), "ended": len(ended)}
     return orjson.dumps({"warnings": warnings, "ended": ended}), info
 
@@ -205,20 +211,7 @@ def fit_incidents_model(r: store.Redis) -> tuple[bytes, dict]:
     """
     frame = window_frame(r)
     incidents = detect_incidents(frame) if len(frame) else []
-    known = {k.decode(): orjson.loads(v) for k, v in r.hgetall(keys.INCIDENTS).items()}
-    now = time.time()
-    for incident in incidents:
-        seen = known.get(incident["key"])
-        incident["first_reported_at"] = seen["first_reported_at"] if seen else now
-        if incident["active"] and not (seen and seen["active"]):
-            log.warning("incident: %s", incident["message"])
-    pipe = r.pipeline()
-    gone = set(known) - {i["key"] for i in incidents}
-    if gone:
-        pipe.hdel(keys.INCIDENTS, *gone)
-    if incidents:
-        pipe.hset(keys.INCIDENTS, mapping={i["key"]: orjson.dumps(i) for i in incidents})
-    pipe.execute()
+    _report_once(r, keys.INCIDENTS, incidents, "incident")
     active = sum(i["active"] for i in incidents)
     info = {"n_samples": len(frame), "incidents": len(incidents), "active": active}
     return orjson.dumps({"incidents": incidents}), info
