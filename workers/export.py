@@ -27,7 +27,7 @@ from thronos_analytics.settings import settings
 from workers import report
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: suggestion objects, p_best rankings, incidents
 SCHEMA_PATH = Path(__file__).with_name("ai_analytics.schema.json")
 TOP = 3
 
