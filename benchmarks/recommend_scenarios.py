@@ -66,20 +66,9 @@ class Scenario:
 
 
 def _layouts_frame(seed: int) -> pd.DataFrame:
-    from tests.layouts import generate
+    from tests.layouts import frame
 
-    rows = generate(ROWS, seed)
-    return pd.DataFrame(
-        {
-            "ts": [r.ts for r in rows],
-            "provider": [r.provider for r in rows],
-            "use_case": [r.use_case for r in rows],
-            "wallet": [r.wallet for r in rows],
-            "score": [r.score for r in rows],
-            "latency_ms": [float(r.latency_ms) for r in rows],
-            "credits_used": [r.credits for r in rows],
-        }
-    )
+    return frame(ROWS, seed)
 
 
 def best_of(scores: dict[str, float]) -> str:

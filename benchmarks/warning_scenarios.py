@@ -77,18 +77,9 @@ class Scenario:
 
 
 def base_ledger(n: int = BASE_ROWS, seed: int = SEED) -> pd.DataFrame:
-    from tests.layouts import generate
+    from tests.layouts import frame
 
-    rows = generate(n, seed)
-    return pd.DataFrame(
-        {
-            "ts": [r.ts for r in rows],
-            "provider": [r.provider for r in rows],
-            "use_case": [r.use_case for r in rows],
-            "wallet": [r.wallet for r in rows],
-            "score": [r.score for r in rows],
-        }
-    )
+    return frame(n, seed)[["ts", "provider", "use_case", "wallet", "score"]]
 
 
 def redrawn(base: pd.DataFrame, seed: int) -> pd.DataFrame:

@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
+import pandas as pd
 
 from analytics.contract import Row
 
@@ -547,3 +548,20 @@ def plant_anomalies(rows: Sequence[Row], rate: float, seed: int) -> tuple[list[R
             row = row._replace(score=float(rng.uniform(0.0, 0.1)))
         out[i], truth[i] = row, True
     return out, truth
+
+
+def frame(n: int = N, seed: int = SEED) -> pd.DataFrame:
+    """``generate(n, seed)`` as the training window's frame holds it: time, provider, use
+    case, wallet, score, latency and credits, one row a call."""
+    rows = generate(n, seed)
+    return pd.DataFrame(
+        {
+            "ts": [r.ts for r in rows],
+            "provider": [r.provider for r in rows],
+            "use_case": [r.use_case for r in rows],
+            "wallet": [r.wallet for r in rows],
+            "score": [r.score for r in rows],
+            "latency_ms": [float(r.latency_ms) for r in rows],
+            "credits_used": [r.credits for r in rows],
+        }
+    )

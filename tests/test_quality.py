@@ -12,7 +12,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from layouts import START, generate
+from layouts import START, frame
 
 from analytics.contract import Row, parse_line
 from analytics.quality import (
@@ -31,16 +31,7 @@ FIELDS |= {"loss", "message"}
 
 @pytest.fixture(scope="module")
 def ledger() -> pd.DataFrame:
-    rows = generate(24_000, 3)
-    return pd.DataFrame(
-        {
-            "ts": [r.ts for r in rows],
-            "provider": [r.provider for r in rows],
-            "use_case": [r.use_case for r in rows],
-            "wallet": [r.wallet for r in rows],
-            "score": [r.score for r in rows],
-        }
-    )
+    return frame(24_000, 3)[["ts", "provider", "use_case", "wallet", "score"]]
 
 
 def planted(rows: pd.DataFrame, mask: pd.Series, loss: float | pd.Series) -> pd.DataFrame:
