@@ -862,16 +862,7 @@ def _burst(
         f"{_from(since)} (up to {in_60s:,} in 60 s), {observed / baseline:,.0f}× its usual "
         f"pace of {baseline:.2g} a minute"
     )
-    return {
-        "key": f"call_burst|{wallet}|{int(since // HOUR)}",
-        "kind": "call_burst",
-        "wallet": wallet,
-        "since_ts": round(since, 3),
-        "until_ts": None if until is None else round(until, 3),
-        "active": until is None,
-        "evidence": evidence,
-        "message": message,
-    }
+    return _wallet_incident("call_burst", wallet, since, until, evidence, message)
 
 
 # --- wallets: spend -----------------------------------------------------------------------
@@ -1096,16 +1087,7 @@ def _spend_incident(
         message += (
             f" ({calls:,} calls, {usual['observed']:,.3g} a day against {usual['baseline']:,.3g})"
         )
-    return {
-        "key": f"spend_spike|{wallet}|{int(since // HOUR)}",
-        "kind": "spend_spike",
-        "wallet": wallet,
-        "since_ts": round(since, 3),
-        "until_ts": None if until is None else round(until, 3),
-        "active": until is None,
-        "evidence": evidence,
-        "message": message,
-    }
+    return _wallet_incident("spend_spike", wallet, since, until, evidence, message)
 
 
 def _without_bursts(
@@ -1156,3 +1138,24 @@ def _duration(seconds: float) -> str:
     if seconds < 2 * HOUR:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / HOUR:.1f} h"
+
+
+def _wallet_incident(
+    kind: str,
+    wallet: str,
+    since: float,
+    until: float | None,
+    evidence: dict[str, Any],
+    message: str,
+) -> dict[str, Any]:
+    """A wallet's incident as the export holds it; one key per wallet, kind and onset hour."""
+    return {
+        "key": f"{kind}|{wallet}|{int(since // HOUR)}",
+        "kind": kind,
+        "wallet": wallet,
+        "since_ts": round(since, 3),
+        "until_ts": None if until is None else round(until, 3),
+        "active": until is None,
+        "evidence": evidence,
+        "message": message,
+    }

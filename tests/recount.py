@@ -74,3 +74,26 @@ def queued_batches(r) -> list[list[str]]:
         body = orjson.loads(base64.b64decode(orjson.loads(message)["body"]))
         batches.append([Row.from_wire(row).id for row in body[0][0]])
     return batches
+
+
+def redis_contents(r) -> bytes:
+    """Every key and value in Redis, concatenated, for searching."""
+    parts = []
+    for key in r.scan_iter(count=1000):
+        kind = r.type(key)
+        parts.append(key)
+        if kind == b"string":
+            parts.append(r.get(key))
+        elif kind == b"hash":
+            parts += [b"%s=%s" % item for item in r.hgetall(key).items()]
+        elif kind in (b"list", b"set", b"zset"):
+            parts += (
+                r.lrange(key, 0, -1)
+                if kind == b"list"
+                else list(r.smembers(key))
+                if kind == b"set"
+                else r.zrange(key, 0, -1)
+            )
+        elif kind == b"stream":
+            parts += [b"".join(b"".join(kv) for kv in f.items()) for _, f in r.xrange(key)]
+    return b"\n".join(parts)

@@ -35,7 +35,7 @@ from analytics import contract
 from thronos_analytics import keys
 from workers.export import SCHEMA_PATH
 
-from recount import assert_aggregates_match_ledger
+from recount import assert_aggregates_match_ledger, redis_contents
 
 LAYOUTS = ("spec", "legacy-stars", "legacy-unit", "server", "v4")
 # The contract's names for the generator's two rating scales.
@@ -307,29 +307,6 @@ def drain(env: dict, ledgers: tuple[Path, ...]) -> dict:
     )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     return orjson.loads(done.stdout)
-
-
-def redis_contents(r) -> bytes:
-    """Every key and value in Redis, concatenated, for searching."""
-    parts = []
-    for key in r.scan_iter(count=1000):
-        kind = r.type(key)
-        parts.append(key)
-        if kind == b"string":
-            parts.append(r.get(key))
-        elif kind == b"hash":
-            parts += [b"%s=%s" % item for item in r.hgetall(key).items()]
-        elif kind in (b"list", b"set", b"zset"):
-            parts += (
-                r.lrange(key, 0, -1)
-                if kind == b"list"
-                else list(r.smembers(key))
-                if kind == b"set"
-                else r.zrange(key, 0, -1)
-            )
-        elif kind == b"stream":
-            parts += [b"".join(b"".join(kv) for kv in f.items()) for _, f in r.xrange(key)]
-    return b"\n".join(parts)
 
 
 DRAINS = {

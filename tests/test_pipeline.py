@@ -14,7 +14,7 @@ from thronos_analytics import keys
 from workers.export import SCHEMA_PATH
 from workers.queues import SCORING, TRAINING
 
-from recount import assert_aggregates_match_ledger, ledger_rows, wait_for
+from recount import assert_aggregates_match_ledger, ledger_rows, redis_contents, wait_for
 
 
 def drain(env: dict, *args: str) -> dict:
@@ -102,25 +102,6 @@ def test_retrained_model_reaches_running_workers(env, r, workers, tmp_path):
     wait_for(lambda: r.hlen(keys.FLAGS) == 1200)
     later = [orjson.loads(v) for v in r.hmget(keys.FLAGS, [row.id for row in rows[600:]])]
     assert {flag["model_version"] for flag in later} == {second["version"]}
-
-
-def redis_contents(r) -> bytes:
-    """Every key and value in Redis, concatenated, for searching."""
-    parts = []
-    for key in r.scan_iter(count=1000):
-        kind = r.type(key)
-        parts.append(key)
-        if kind == b"string":
-            parts.append(r.get(key))
-        elif kind == b"hash":
-            parts += [b"%s=%s" % item for item in r.hgetall(key).items()]
-        elif kind == b"list":
-            parts += r.lrange(key, 0, -1)
-        elif kind == b"set":
-            parts += list(r.smembers(key))
-        elif kind == b"stream":
-            parts += [b"".join(b"".join(kv) for kv in f.items()) for _, f in r.xrange(key)]
-    return b"\n".join(parts)
 
 
 def test_no_prompt_or_output_text_reaches_redis_flags_or_the_export(env, r):
