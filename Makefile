@@ -19,9 +19,16 @@ run: $(STAMP)  ## start the stack on data/ai_ledger.jsonl; while it is empty, al
 drain: $(STAMP)  ## process the ledger once, write data/ai_analytics.json, exit
 	$(BIN)/thronos-analytics run --drain
 
+# mypy and import-linter find modules by path, not through the editable install's import
+# hook, so they read a tree of links laid out as the wheel is (pyproject's package-dir).
+TYPED := build/typed
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy
+	rm -rf $(TYPED) && mkdir -p $(TYPED)/thronos_analytics
+	ln -s $(CURDIR)/thronos_analytics/*.py $(TYPED)/thronos_analytics/
+	for layer in core analytics producers workers; do ln -s $(CURDIR)/$$layer $(TYPED)/thronos_analytics/; done
+	MYPYPATH=$(TYPED) $(BIN)/mypy
+	cd $(TYPED) && $(CURDIR)/$(BIN)/lint-imports $(CURDIR)/pyproject.toml
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
@@ -30,4 +37,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.throughput
 
 clean:
-	rm -rf $(VENV) data/ .pytest_cache .hypothesis
+	rm -rf $(VENV) build/ data/ .pytest_cache .hypothesis

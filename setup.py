@@ -5,7 +5,7 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=cythonize(
-        [Extension("analytics._kernels", ["analytics/_kernels.pyx"])],
+        [Extension("thronos_analytics.analytics._kernels", ["analytics/_kernels.pyx"])],
         compiler_directives={"language_level": "3"},
     )
 )

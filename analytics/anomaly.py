@@ -39,10 +39,8 @@ from typing import Any
 
 import numpy as np
 import orjson
-
-from analytics import _kernels
-from analytics.contract import Row
-from analytics.features import (
+from thronos_analytics.analytics import _kernels
+from thronos_analytics.analytics.features import (
     BASE,
     LEVELS,
     ContextCounts,
@@ -54,7 +52,8 @@ from analytics.features import (
     featurise,
     to_natural,
 )
-from analytics.forest import CompiledForest
+from thronos_analytics.analytics.forest import CompiledForest
+from thronos_analytics.core.contract import Row
 
 FORMAT = 3  # 3: the threshold is a level on a scale from the 90th percentile
 # Evidence is scaled so a clean window's 99th percentile is 1; a row is flagged above this.

@@ -30,9 +30,8 @@ from operator import attrgetter
 from typing import NamedTuple
 
 import numpy as np
-
-from analytics import _kernels
-from analytics.contract import Row
+from thronos_analytics.analytics import _kernels
+from thronos_analytics.core.contract import Row
 
 BASE = ("output_len", "score", "latency_ms", "credits_used")
 LOG_SCALED = np.array([True, False, True, True])

@@ -25,8 +25,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 from sklearn.preprocessing import StandardScaler
-
-from analytics.contract import Row
+from thronos_analytics.core.contract import Row
 
 SILHOUETTE_SAMPLE = 5000
 # k is chosen on at most this many sessions (see _choose_kmeans).

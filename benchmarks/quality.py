@@ -27,13 +27,16 @@ from sklearn.cluster import KMeans
 from sklearn.ensemble import IsolationForest
 from sklearn.metrics import adjusted_rand_score, roc_auc_score
 from sklearn.preprocessing import StandardScaler
-
-from analytics.anomaly import AnomalyDetector
-from analytics.contract import Row, parse_line
-from analytics.profiles import aggregates_from_rows, fit_profiles, session_features
-from analytics.quality import detect_drops
-from analytics.recommend import fit_recommender, rank
-from analytics.simulate import SimConfig, simulate, write
+from thronos_analytics.analytics.anomaly import AnomalyDetector
+from thronos_analytics.analytics.profiles import (
+    aggregates_from_rows,
+    fit_profiles,
+    session_features,
+)
+from thronos_analytics.analytics.quality import detect_drops
+from thronos_analytics.analytics.recommend import fit_recommender, rank
+from thronos_analytics.analytics.simulate import SimConfig, simulate, write
+from thronos_analytics.core.contract import Row, parse_line
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "quality.md"
@@ -117,7 +120,7 @@ def scenarios() -> list[tuple[str, list[Row], np.ndarray | None]]:
 
 def _rows(paths) -> list[Row]:
     """The interactions of ``paths``, with their score events joined."""
-    from analytics.contract import ScoreEvent
+    from thronos_analytics.core.contract import ScoreEvent
 
     parsed = [x for path in paths for x in map(parse_line, path.read_bytes().splitlines())]
     newest: dict[str, ScoreEvent] = {}
@@ -167,7 +170,8 @@ def incident_table() -> str:
     """Each incident kind on scenario ledgers of tests/scenarios.py (not the simulator):
     found on its entity or not, onset error, and incidents that match nothing planted; plus
     the clean ledgers and the real llmperf traces."""
-    from analytics.incidents import detect_incidents
+    from thronos_analytics.analytics.incidents import detect_incidents
+
     from tests import real_ledgers
 
     sys.path.insert(0, str(ROOT / "tests"))  # the scenarios import their siblings by name
@@ -224,7 +228,7 @@ def incident_table() -> str:
 
 
 def frame_with(rows: list[Row]) -> pd.DataFrame:
-    from workers.training import WINDOW_COLUMNS
+    from thronos_analytics.workers.training import WINDOW_COLUMNS
 
     return pd.DataFrame(rows, columns=Row._fields)[WINDOW_COLUMNS]
 

@@ -43,10 +43,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from analytics.contract import Row, ScoreEvent, parse_line
-from analytics.quality import detect_drops
-from analytics.recommend import HALF_LIFE, fit_recommender, rank
+from thronos_analytics.analytics.quality import detect_drops
+from thronos_analytics.analytics.recommend import HALF_LIFE, fit_recommender, rank
+from thronos_analytics.core.contract import Row, ScoreEvent, parse_line
 
 SEEDS = (1, 2, 3)
 ROWS = 12_000

@@ -87,8 +87,7 @@ def _load_naive_model(**_: Any) -> None:
 def naive_score_one(wire: dict[str, Any]) -> None:
     """What the issue measured first: featurise one row, score it alone, store the flag."""
     import pandas as pd
-
-    from analytics.contract import Row
+    from thronos_analytics.core.contract import Row
 
     row = Row.from_wire(wire)
     frame = pd.DataFrame(naive_features(_naive["norms"], [row]), columns=NAIVE_COLUMNS)
@@ -102,7 +101,7 @@ NAIVE_COLUMNS = ["output_len", "score", "latency_ms", "credits_used"]
 
 def naive_features(norms: Any, rows: list[Any]) -> Any:
     """The baseline's features: each measure's robust distance from its norm (4 columns)."""
-    from analytics.features import base_matrix
+    from thronos_analytics.analytics.features import base_matrix
 
     return norms.distances(base_matrix(rows), rows)
 
@@ -224,9 +223,10 @@ def split_ledger(source: Path, sizes: list[int], directory: Path) -> list[Path]:
 
 def replay(r: Any, path: Path, timeout: float) -> dict[str, Any]:
     """Backfill ``path`` and wait until every row has a flag: rows per second, end to end."""
-    from producers.backfill import backfill
-    from producers.emit import send_batch
-    from thronos_analytics import keys
+    from thronos_analytics.core import keys
+    from thronos_analytics.core.messages import send_batch
+    from thronos_analytics.producers.backfill import backfill
+
     from thronos_analytics.drain import wait_until_flagged
 
     before = r.hlen(keys.FLAGS)
@@ -287,11 +287,12 @@ def replay_with_cpu(
 
 def train_first_model(r: Any, path: Path, timeout: float) -> None:
     """Rows ingested with no model wait in PENDING; train, then drain them to scoring."""
-    from producers.backfill import backfill
-    from producers.emit import send_batch
+    from thronos_analytics.core.messages import send_batch
+    from thronos_analytics.producers.backfill import backfill
+    from thronos_analytics.workers import training
+    from thronos_analytics.workers.celery_app import app
+
     from thronos_analytics.drain import wait_until_flagged
-    from workers import training
-    from workers.celery_app import app
 
     done = backfill(path, send_batch, lambda rejections: None, confirm_with=r, timeout=timeout)
     result = training.retrain(r, "anomaly", lambda: training.fit_anomaly(r, True))
@@ -303,9 +304,9 @@ def train_first_model(r: Any, path: Path, timeout: float) -> None:
 
 def retrain_and_export(r: Any, out: Path) -> dict[str, Any]:
     """Each retrain as beat's chord runs it, but one after another, then the export."""
-    from thronos_analytics import store
-    from thronos_analytics.settings import settings
-    from workers import export, training
+    from thronos_analytics.core import store
+    from thronos_analytics.core.settings import settings
+    from thronos_analytics.workers import export, training
 
     fits = {
         "anomaly": lambda: training.fit_anomaly(r, True),
@@ -338,9 +339,8 @@ def single_row_cost(r: Any, repeat: int) -> dict[str, Any]:
     import numpy as np
     import pandas as pd
     from sklearn.ensemble import IsolationForest
-
-    from thronos_analytics import store
-    from workers.scoring import current_detector
+    from thronos_analytics.core import store
+    from thronos_analytics.workers.scoring import current_detector
 
     loaded = current_detector(r)
     assert loaded is not None
@@ -390,9 +390,9 @@ def single_row_cost(r: Any, repeat: int) -> dict[str, Any]:
 
 def near_real_time(r: Any, directory: Path, rate: int, seconds: float) -> dict[str, Any]:
     """Rows recorded at ``rate`` per second; latency from ledger write to flag in Redis."""
-    from producers.ai_ledger import Recorder
-    from thronos_analytics import keys
-    from thronos_analytics.settings import settings
+    from thronos_analytics.core import keys
+    from thronos_analytics.core.settings import settings
+    from thronos_analytics.producers.ai_ledger import Recorder
 
     config = settings()
     recorder = Recorder(
@@ -464,8 +464,7 @@ def naive_baseline(
     import numpy as np
     import pandas as pd
     from sklearn.ensemble import IsolationForest
-
-    from analytics.features import ProviderNorms, base_matrix
+    from thronos_analytics.analytics.features import ProviderNorms, base_matrix
 
     train = rows[: min(len(rows), 20_000)]
     norms = ProviderNorms.fit(base_matrix(train), train)
@@ -536,14 +535,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def measure(
     args: argparse.Namespace, server: Any, env: dict[str, str], scratch: Path, workers: Processes
 ) -> dict[str, Any]:
-    from analytics.contract import Row, parse_line
-    from analytics.simulate import SimConfig, write
-    from producers.backfill import BACKFILL_BATCH
-    from thronos_analytics import store
-    from thronos_analytics.settings import settings
+    from thronos_analytics.analytics.simulate import SimConfig, write
+    from thronos_analytics.core import store
+    from thronos_analytics.core.contract import Row, parse_line
+    from thronos_analytics.core.messages import SCORING
+    from thronos_analytics.core.settings import settings
+    from thronos_analytics.producers.backfill import BACKFILL_BATCH
+    from thronos_analytics.workers.celery_app import app
+
     from thronos_analytics.stack import worker_command
-    from workers.celery_app import app
-    from workers.queues import SCORING
 
     out: dict[str, Any] = {}
     r = store.connect(server.url)
@@ -654,7 +654,7 @@ def verdicts(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 
 
 def report(res: dict[str, Any]) -> str:
-    from thronos_analytics import keys
+    from thronos_analytics.core import keys
 
     m = res["machine"]
     naive = res["naive"]["rows_per_s"]

@@ -52,8 +52,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy.stats import mannwhitneyu
-
-from analytics import quality
+from thronos_analytics.analytics import quality
 
 DAY = 86_400.0
 BASE_ROWS = 200_000

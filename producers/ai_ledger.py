@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
-from analytics.contract import Row, RowError, normalise
-from producers.emit import Outbox
-from thronos_analytics.settings import settings
+from thronos_analytics.core.contract import Row, RowError, normalise
+from thronos_analytics.core.settings import settings
+from thronos_analytics.producers.emit import Outbox
 
 
 class LedgerWriteError(OSError):

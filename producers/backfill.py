@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
-
-from analytics.contract import Entry, Rejection
-from producers.receipts import MAX_WAITING_ROWS, Receipts
-from producers.tail import Position, read_batches
-from thronos_analytics import store
+from thronos_analytics.core import store
+from thronos_analytics.core.contract import Entry, Rejection
+from thronos_analytics.producers.receipts import MAX_WAITING_ROWS, Receipts
+from thronos_analytics.producers.tail import Position, read_batches
 
 BACKFILL_BATCH = 5000
 

@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
-
-from analytics.contract import Rejection
-from thronos_analytics import store
+from thronos_analytics.core import store
+from thronos_analytics.core.contract import Rejection
 
 
 def _key(entry: dict[str, Any]) -> tuple[str, int, bytes]:

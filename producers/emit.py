@@ -1,4 +1,4 @@
-"""Sending rows to the scoring queue, now or in micro-batches from a background thread."""
+"""Sending rows to the scoring queue in micro-batches, from a background thread."""
 
 from __future__ import annotations
 
@@ -8,31 +8,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from analytics.contract import Entry, Row
+from thronos_analytics.core.contract import Row
+from thronos_analytics.core.messages import send_batch
 
 log = logging.getLogger(__name__)
-SCORE_BATCH = "thronos.score_batch"
-
-
-def send_batch(entries: Sequence[Entry]) -> None:
-    """Publish one scoring task for ``entries`` (rows and score events); raises if the
-    broker cannot take it."""
-    from workers.celery_app import app  # the app reads REDIS_URL when first imported
-
-    if not entries:
-        return
-    rows = [e.to_wire() for e in entries if type(e) is Row]
-    events = [e.to_wire() for e in entries if type(e) is not Row]
-    # A short argsrepr for Flower and events: Celery's own walks the whole batch.
-    argsrepr = f"[<{len(rows)} rows, {len(events)} score events, first {entries[0].id}>]"
-    app.send_task(
-        SCORE_BATCH,
-        args=[rows],
-        # Only when there are events: a worker of the last release reads the rest.
-        kwargs={"events": events} if events else None,
-        argsrepr=argsrepr,
-        retry=False,
-    )
 
 
 class Outbox:

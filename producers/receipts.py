@@ -23,10 +23,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from analytics.contract import Entry, Row
-from thronos_analytics import keys, store
-from thronos_analytics.settings import settings
-from workers.queues import SCORING, is_amqp
+from thronos_analytics.core import keys, store
+from thronos_analytics.core.contract import Entry, Row
+from thronos_analytics.core.messages import SCORING, is_amqp
+from thronos_analytics.core.settings import settings
 
 log = logging.getLogger(__name__)
 CHECK_EVERY_S = 1.0

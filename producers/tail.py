@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 import orjson
-
-from analytics.contract import Entry, Rejection, Row, ScoreEvent, parse_line
-from producers.receipts import MAX_WAITING_ROWS, Receipts
-from thronos_analytics import store
-from thronos_analytics.atomic_file import write_atomically
-from thronos_analytics.settings import settings
+from thronos_analytics.core import store
+from thronos_analytics.core.atomic_file import write_atomically
+from thronos_analytics.core.contract import Entry, Rejection, Row, ScoreEvent, parse_line
+from thronos_analytics.core.settings import settings
+from thronos_analytics.producers.receipts import MAX_WAITING_ROWS, Receipts
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 1 << 22

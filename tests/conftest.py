@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import redis
+from thronos_analytics.core.messages import SCORING, TRAINING
 
 from thronos_analytics.stack import RedisServer, free_port, worker_command
-from workers.queues import SCORING, TRAINING
 
 ROOT = Path(__file__).resolve().parents[1]
 # The Celery app reads REDIS_URL when first imported, so the test Redis's address is fixed
@@ -75,7 +75,7 @@ class Workers:
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Until every started worker answers a ping."""
-        from workers.celery_app import app
+        from thronos_analytics.workers.celery_app import app
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

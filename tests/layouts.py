@@ -36,8 +36,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 import pandas as pd
-
-from analytics.contract import Row
+from thronos_analytics.core.contract import Row
 
 N = 3000
 SEED = 7

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import orjson
 import pytest
-
-from analytics.contract import Row, parse_line
-from thronos_analytics import keys
-from workers.queues import SCORING
+from thronos_analytics.core import keys
+from thronos_analytics.core.contract import Row, parse_line
+from thronos_analytics.core.messages import SCORING
 
 
 def ledger_rows(ledger: Path) -> list[Row]:

@@ -8,12 +8,18 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
-
-from analytics import features
-from analytics.anomaly import AnomalyDetector
-from analytics.contract import Row, parse_line
-from analytics.features import BASE, LOG_SCALED, LOW_SIDE_ONLY, REFINED_BY, SEP, base_matrix
-from analytics.simulate import SimConfig, simulate
+from thronos_analytics.analytics import features
+from thronos_analytics.analytics.anomaly import AnomalyDetector
+from thronos_analytics.analytics.features import (
+    BASE,
+    LOG_SCALED,
+    LOW_SIDE_ONLY,
+    REFINED_BY,
+    SEP,
+    base_matrix,
+)
+from thronos_analytics.analytics.simulate import SimConfig, simulate
+from thronos_analytics.core.contract import Row, parse_line
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from layouts import plant_anomalies, write_spec
-
-from analytics.anomaly import AnomalyDetector
-from analytics.contract import Row, parse_line
+from thronos_analytics.analytics.anomaly import AnomalyDetector
+from thronos_analytics.core.contract import Row, parse_line
 
 
 @pytest.fixture(scope="module")

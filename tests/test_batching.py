@@ -17,16 +17,15 @@ from pathlib import Path
 import orjson
 import pytest
 import redis
-
-from analytics.contract import Row, parse_line
-from analytics.simulate import SimConfig, write
-from producers import receipts as receipts_module
-from producers.backfill import backfill
-from producers.emit import Outbox, send_batch
-from producers.receipts import Receipts
-from producers.tail import TailProducer
-from thronos_analytics import keys, store
-from workers.queues import SCORING, TRAINING
+from thronos_analytics.analytics.simulate import SimConfig, write
+from thronos_analytics.core import keys, store
+from thronos_analytics.core.contract import Row, parse_line
+from thronos_analytics.core.messages import SCORING, TRAINING, send_batch
+from thronos_analytics.producers import receipts as receipts_module
+from thronos_analytics.producers.backfill import backfill
+from thronos_analytics.producers.emit import Outbox
+from thronos_analytics.producers.receipts import Receipts
+from thronos_analytics.producers.tail import TailProducer
 
 from recount import assert_published_once, ledger_rows, queued_batches
 

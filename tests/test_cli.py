@@ -10,11 +10,10 @@ import sys
 import time
 
 import orjson
-
-from analytics.contract import Row, parse_line
-from analytics.simulate import SimConfig, write
-from thronos_analytics import keys
-from workers.queues import SCORING
+from thronos_analytics.analytics.simulate import SimConfig, write
+from thronos_analytics.core import keys
+from thronos_analytics.core.contract import Row, parse_line
+from thronos_analytics.core.messages import SCORING
 
 CLI = [sys.executable, "-m", "thronos_analytics.cli"]
 
@@ -79,7 +78,7 @@ def test_backfill_is_quiet_off_a_terminal_and_ends_when_redis_has_every_row(
 
 
 def test_worker_logs_json_lines_with_task_and_model_version(env, r, tmp_path):
-    from producers.emit import send_batch
+    from thronos_analytics.core.messages import send_batch
 
     ledger = tmp_path / "ledger.jsonl"
     write(SimConfig(rows=400, seed=4, bad_rate=0.0, drop=False), ledger)
@@ -99,7 +98,7 @@ def test_worker_logs_json_lines_with_task_and_model_version(env, r, tmp_path):
             "--name",
             "logs",
             "-I",
-            "thronos_analytics.logs",
+            "thronos_analytics.core.logs",
             "--without-mingle",
             "--without-gossip",
         ],
@@ -154,7 +153,7 @@ def test_status_fits_a_screen_and_keeps_its_json_keys(env, r):
 
 
 def test_flags_prints_the_newest_flags_across_batches_oldest_first(env, r, tmp_path):
-    from thronos_analytics import store
+    from thronos_analytics.core import store
 
     ledger = tmp_path / "ledger.jsonl"
     write(SimConfig(rows=60, seed=4, drop=False), ledger)

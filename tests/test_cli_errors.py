@@ -23,12 +23,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+from thronos_analytics.analytics.simulate import SimConfig, write
+from thronos_analytics.core import keys
+from thronos_analytics.core.contract import Rejection, Row, parse_line
+from thronos_analytics.core.messages import SCORING
 
-from analytics.contract import Rejection, Row, parse_line
-from analytics.simulate import SimConfig, write
-from thronos_analytics import keys
 from thronos_analytics.stack import STATE_FILE, free_port
-from workers.queues import SCORING
 
 from recount import wait_for
 
@@ -206,7 +206,7 @@ def test_an_unreadable_ledger_is_one_line(command, env, ledger):
 
 
 def test_flags_id_prints_that_flag_or_says_there_is_none(env, r, ledger):
-    from thronos_analytics import store
+    from thronos_analytics.core import store
 
     rows = [p for p in map(parse_line, ledger.read_bytes().splitlines()) if type(p) is Row]
     flags = [{"id": row.id, "anomaly_score": 0.5, "is_anomaly": False} for row in rows[:3]]
@@ -224,8 +224,7 @@ def test_flags_id_prints_that_flag_or_says_there_is_none(env, r, ledger):
 
 def analytics_file(data: Path) -> None:
     import pandas as pd
-
-    from analytics.recommend import fit_recommender
+    from thronos_analytics.analytics.recommend import fit_recommender
 
     rows = [("coding", "claude", f"w{i % 5}", 0.85, 2000.0, 4.0) for i in range(50)]
     rows += [("coding", "local", f"w{i % 5}", 0.6, 300.0, 0.2) for i in range(50)]
@@ -255,7 +254,7 @@ def test_recommend_says_an_unknown_wallet_gets_the_global_ranking(env, tmp_path)
 
 
 def test_status_json_gives_numbers_as_numbers_and_the_state_warning(env, r, tmp_path):
-    from workers.export import write_analytics
+    from thronos_analytics.workers.export import write_analytics
 
     data = Path(env["THRONOS_DATA_DIR"])
     data.mkdir(parents=True, exist_ok=True)

@@ -27,8 +27,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-
-from thronos_analytics import keys
+from thronos_analytics.core import keys
 
 ROOT = Path(__file__).resolve().parents[1]
 OPS = ROOT / "ops"
@@ -539,7 +538,7 @@ def test_systemd_unit(name: str):
 
 
 def test_runbook_names_the_real_keys_and_files():
-    from thronos_analytics.settings import Settings
+    from thronos_analytics.core.settings import Settings
 
     text = (OPS / "RUNBOOK.md").read_text()
     rejected = Settings.from_env().rejected_file.name

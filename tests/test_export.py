@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import orjson
-
-from thronos_analytics import keys
-from workers import export
+from thronos_analytics.core import keys
+from thronos_analytics.workers import export
 
 
 def test_an_export_of_fewer_rows_keeps_the_old_one_and_says_so(r, env, tmp_path):

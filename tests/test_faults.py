@@ -19,12 +19,10 @@ from pathlib import Path
 
 import orjson
 import pytest
-
-from analytics.simulate import SimConfig, write
-from producers.backfill import backfill
-from producers.emit import send_batch
-from thronos_analytics import keys
-from workers.queues import SCORING, TRAINING
+from thronos_analytics.analytics.simulate import SimConfig, write
+from thronos_analytics.core import keys
+from thronos_analytics.core.messages import SCORING, TRAINING, send_batch
+from thronos_analytics.producers.backfill import backfill
 
 from recount import (
     assert_aggregates_match_ledger,
@@ -43,7 +41,7 @@ def children(pid: int) -> list[int]:
 
 
 def train_first_model(rows, r) -> str:
-    from workers.tasks import retrain_anomaly
+    from thronos_analytics.workers.tasks import retrain_anomaly
 
     send_batch(rows)
     wait_for(lambda: r.scard(keys.SEEN) >= len(rows), what="first rows ingested")
@@ -95,8 +93,8 @@ def test_kill_9_of_a_worker_child_and_of_a_whole_worker_loses_and_repeats_nothin
 def test_redis_restart_mid_stream_loses_nothing_and_everyone_reconnects(
     env, r, workers, redis_server, tmp_path
 ):
-    from producers.dead_letter import DeadLetter
-    from producers.tail import TailProducer
+    from thronos_analytics.producers.dead_letter import DeadLetter
+    from thronos_analytics.producers.tail import TailProducer
 
     source = tmp_path / "source.jsonl"
     write(SimConfig(rows=6000, seed=12), source)
@@ -128,7 +126,7 @@ def test_redis_restart_mid_stream_loses_nothing_and_everyone_reconnects(
 
 
 def test_redis_down_30s_while_recording(env, r, workers, redis_server, tmp_path):
-    from producers.ai_ledger import Recorder
+    from thronos_analytics.producers.ai_ledger import Recorder
 
     workers.start("scoring1", SCORING, extra_env=WORKER_ENV)
     workers.start("training", TRAINING, extra_env=WORKER_ENV)
@@ -190,7 +188,8 @@ def test_producer_killed_mid_batch_resumes_from_its_checkpoint(env, r, workers, 
 
 def test_two_beats_schedule_each_period_once(env, r, tmp_path):
     beat_env = {**env, "THRONOS_RETRAIN_SECONDS": "1"}
-    command = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "beat", "-l", "WARNING"]
+    app = "thronos_analytics.workers.celery_app"
+    command = [sys.executable, "-m", "celery", "-A", app, "beat", "-l", "WARNING"]
     beats = [
         subprocess.Popen(command, env=beat_env, cwd=tmp_path, start_new_session=True)
         for _ in range(2)
@@ -210,7 +209,7 @@ def test_two_beats_schedule_each_period_once(env, r, tmp_path):
 
 
 def test_bad_model_is_refused_and_scoring_goes_on_with_the_last_good_one(env, r, workers, tmp_path):
-    from workers.tasks import retrain_anomaly
+    from thronos_analytics.workers.tasks import retrain_anomaly
 
     ledger = tmp_path / "ledger.jsonl"
     write(SimConfig(rows=3000, seed=14), ledger)
@@ -220,8 +219,8 @@ def test_bad_model_is_refused_and_scoring_goes_on_with_the_last_good_one(env, r,
     workers.wait_ready()
 
     # A good model, published the way training publishes it.
-    from analytics.anomaly import AnomalyDetector
-    from thronos_analytics import store
+    from thronos_analytics.analytics.anomaly import AnomalyDetector
+    from thronos_analytics.core import store
 
     detector = AnomalyDetector().fit(rows[:1000])
     info = {"n_samples": 1000, "trained_at": time.time()}
@@ -251,9 +250,9 @@ def test_bad_model_is_refused_and_scoring_goes_on_with_the_last_good_one(env, r,
 
 
 def test_tampered_model_is_refused_with_a_clear_error(env, r, monkeypatch, tmp_path):
-    from analytics.anomaly import AnomalyDetector
-    from thronos_analytics import store
-    from thronos_analytics.signing import ModelIntegrityError
+    from thronos_analytics.analytics.anomaly import AnomalyDetector
+    from thronos_analytics.core import store
+    from thronos_analytics.core.signing import ModelIntegrityError
 
     rows = ledger_rows(write_small(tmp_path))
     monkeypatch.setenv("THRONOS_MODEL_KEY", "k" * 32)
@@ -280,7 +279,7 @@ def write_small(tmp_path: Path) -> Path:
 DISK_FULL = textwrap.dedent(
     """
     import resource, signal, sys
-    from producers.ai_ledger import Ledger, LedgerWriteError
+    from thronos_analytics.producers.ai_ledger import Ledger, LedgerWriteError
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
     ledger = Ledger(sys.argv[1])
     resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
@@ -311,8 +310,8 @@ def test_disk_full_gives_a_clear_error_and_never_a_half_line(tmp_path):
 
 
 def test_unwritable_data_dir_names_the_path(tmp_path):
-    from producers.ai_ledger import Ledger, LedgerWriteError
-    from thronos_analytics.atomic_file import write_atomically
+    from thronos_analytics.core.atomic_file import write_atomically
+    from thronos_analytics.producers.ai_ledger import Ledger, LedgerWriteError
 
     blocker = tmp_path / "data"
     blocker.write_text("a file where the data dir should be")

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 import orjson
 import pytest
 from test_report import chromium
+from thronos_analytics.analytics.simulate import SimConfig, simulate
+from thronos_analytics.core.messages import SCORING
 
-from analytics.simulate import SimConfig, simulate
 from thronos_analytics.stack import free_port
-from workers.queues import SCORING
 
 LOGIN = "test:secret"
 
@@ -86,7 +86,7 @@ def test_flower_refuses_to_start_without_a_login(env):
 
 
 def test_flower_lists_workers_and_tasks_behind_basic_auth(env, workers, flower, tmp_path):
-    from producers.emit import send_batch
+    from thronos_analytics.core.messages import send_batch
 
     workers.start("scoring1", SCORING)
     workers.wait_ready()
@@ -106,7 +106,7 @@ def test_flower_lists_workers_and_tasks_behind_basic_auth(env, workers, flower, 
 
     # Task events: a batch sent to the worker shows up in Flower's task list.
     lines, _ = simulate(SimConfig(rows=50, seed=1, bad_rate=0.0))
-    from analytics.contract import Row, parse_line
+    from thronos_analytics.core.contract import Row, parse_line
 
     rows = [row for row in (parse_line(line, i) for i, line in enumerate(lines, 1))]
     send_batch([row for row in rows if isinstance(row, Row)])

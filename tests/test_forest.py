@@ -16,9 +16,8 @@ from hypothesis.extra.numpy import arrays
 from packaging.version import Version
 from sklearn.ensemble import IsolationForest
 from sklearn.exceptions import NotFittedError
-
-from analytics import forest as forest_module
-from analytics.forest import CompiledForest
+from thronos_analytics.analytics import forest as forest_module
+from thronos_analytics.analytics.forest import CompiledForest
 
 ATOL = 1e-9
 

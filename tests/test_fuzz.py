@@ -11,13 +11,11 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-
-from analytics.contract import Rejection, Row, ScoreEvent, parse_line
-from producers.dead_letter import DeadLetter
-from producers.emit import send_batch
-from producers.tail import TailProducer
-from thronos_analytics import keys
-from workers.queues import SCORING, TRAINING
+from thronos_analytics.core import keys
+from thronos_analytics.core.contract import Rejection, Row, ScoreEvent, parse_line
+from thronos_analytics.core.messages import SCORING, TRAINING, send_batch
+from thronos_analytics.producers.dead_letter import DeadLetter
+from thronos_analytics.producers.tail import TailProducer
 
 from recount import wait_for
 
@@ -179,7 +177,7 @@ def test_workers_reject_malformed_messages_and_score_the_rest(trained_pipeline):
 
 def send_batch_raw(payload: list) -> None:
     """Publish a message the way a buggy or hostile producer could: unvalidated."""
-    from workers.celery_app import app
+    from thronos_analytics.workers.celery_app import app
 
     app.send_task("thronos.score_batch", args=[payload])
 
@@ -187,8 +185,8 @@ def send_batch_raw(payload: list) -> None:
 @pytest.fixture
 def trained_pipeline(env, r, workers, tmp_path_factory):
     """Real workers with a model already trained, shared by the examples of one test."""
-    from analytics.simulate import SimConfig, write
-    from workers.tasks import retrain_anomaly
+    from thronos_analytics.analytics.simulate import SimConfig, write
+    from thronos_analytics.workers.tasks import retrain_anomaly
 
     from recount import ledger_rows
 

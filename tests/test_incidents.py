@@ -24,13 +24,12 @@ import real_ledgers
 import scenarios
 from scenarios import PLANTS, Planted, frame, scenario
 from test_layouts import drain
-
-from analytics import incidents as module
-from analytics.contract import Row, parse_line
-from analytics.incidents import KINDS, detect_incidents
-from thronos_analytics import keys
-from thronos_analytics.metrics import INCIDENT_KINDS, RedisCollector
-from workers.export import SCHEMA_PATH
+from thronos_analytics.analytics import incidents as module
+from thronos_analytics.analytics.incidents import KINDS, detect_incidents
+from thronos_analytics.core import keys
+from thronos_analytics.core.contract import Row, parse_line
+from thronos_analytics.core.metrics import INCIDENT_KINDS, RedisCollector
+from thronos_analytics.workers.export import SCHEMA_PATH
 
 HOUR = 3600.0
 

@@ -30,10 +30,8 @@ from layouts import (
     write_spec,
     write_v4,
 )
-
-from analytics import contract
-from thronos_analytics import keys
-from workers.export import SCHEMA_PATH
+from thronos_analytics.core import contract, keys
+from thronos_analytics.workers.export import SCHEMA_PATH
 
 from recount import assert_aggregates_match_ledger, redis_contents
 

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import orjson
 import pytest
-
-from analytics.simulate import SimConfig, write
-from thronos_analytics import keys
-from thronos_analytics.settings import Settings
-from workers.queues import SCORING, TRAINING
+from thronos_analytics.analytics.simulate import SimConfig, write
+from thronos_analytics.core import keys
+from thronos_analytics.core.messages import SCORING, TRAINING
+from thronos_analytics.core.settings import Settings
 
 from recount import ledger_rows, wait_for
 

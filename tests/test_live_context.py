@@ -5,12 +5,11 @@ through the scoring code the workers run."""
 from __future__ import annotations
 
 import orjson
-
-from analytics.anomaly import AnomalyDetector
-from analytics.contract import Row, parse_line
-from analytics.simulate import SimConfig, simulate
-from thronos_analytics import keys, store
-from workers import scoring
+from thronos_analytics.analytics.anomaly import AnomalyDetector
+from thronos_analytics.analytics.simulate import SimConfig, simulate
+from thronos_analytics.core import keys, store
+from thronos_analytics.core.contract import Row, parse_line
+from thronos_analytics.workers import scoring
 
 
 def test_unusual_providers_of_sessions_newer_than_the_model_are_found_live(r, env):

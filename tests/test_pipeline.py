@@ -8,11 +8,10 @@ from pathlib import Path
 
 import jsonschema
 import orjson
-
-from analytics.simulate import SimConfig, write
-from thronos_analytics import keys
-from workers.export import SCHEMA_PATH
-from workers.queues import SCORING, TRAINING
+from thronos_analytics.analytics.simulate import SimConfig, write
+from thronos_analytics.core import keys
+from thronos_analytics.core.messages import SCORING, TRAINING
+from thronos_analytics.workers.export import SCHEMA_PATH
 
 from recount import assert_aggregates_match_ledger, ledger_rows, redis_contents, wait_for
 
@@ -78,8 +77,8 @@ def test_embedded_redis_when_no_redis_url(env, tmp_path):
 
 
 def test_retrained_model_reaches_running_workers(env, r, workers, tmp_path):
-    from producers.emit import send_batch
-    from workers.tasks import retrain_anomaly
+    from thronos_analytics.core.messages import send_batch
+    from thronos_analytics.workers.tasks import retrain_anomaly
 
     ledger = tmp_path / "ledger.jsonl"
     write(SimConfig(rows=1200, seed=7, drop=False), ledger)
@@ -105,7 +104,7 @@ def test_retrained_model_reaches_running_workers(env, r, workers, tmp_path):
 
 
 def test_no_prompt_or_output_text_reaches_redis_flags_or_the_export(env, r):
-    from producers.ai_ledger import Recorder
+    from thronos_analytics.producers.ai_ledger import Recorder
 
     secret = "TOP-SECRET-7f3a"
     recorder = Recorder(Path(env["THRONOS_LEDGER"]), emit=False)

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import orjson
 import pytest
-
-from analytics.contract import Rejection, Row
-from producers.ai_ledger import Ledger, LedgerWriteError, Recorder
-from producers.tail import Position, TailProducer
+from thronos_analytics.core.contract import Rejection, Row
+from thronos_analytics.producers.ai_ledger import Ledger, LedgerWriteError, Recorder
+from thronos_analytics.producers.tail import Position, TailProducer
 
 from recount import queued_batches
 
@@ -127,7 +126,7 @@ def test_tail_waits_for_a_partial_line_and_resumes_from_its_checkpoint(tmp_path)
 
 
 def parse_row(i: int) -> Row:
-    from analytics.contract import parse_line
+    from thronos_analytics.core.contract import parse_line
 
     row = parse_line(ledger_line(i).strip())
     assert isinstance(row, Row)

@@ -6,11 +6,10 @@ from collections import Counter
 
 import pytest
 from sklearn.metrics import adjusted_rand_score
-
-from analytics import profiles as profiles_module
-from analytics.contract import Row, parse_line
-from analytics.profiles import aggregates_from_rows, fit_profiles
-from analytics.simulate import SimConfig, simulate
+from thronos_analytics.analytics import profiles as profiles_module
+from thronos_analytics.analytics.profiles import aggregates_from_rows, fit_profiles
+from thronos_analytics.analytics.simulate import SimConfig, simulate
+from thronos_analytics.core.contract import Row, parse_line
 
 
 @pytest.fixture(scope="module")

@@ -13,16 +13,15 @@ import numpy as np
 import pandas as pd
 import pytest
 from layouts import START, frame
-
-from analytics.contract import Row, parse_line
-from analytics.quality import (
+from thronos_analytics.analytics.quality import (
     cusum_threshold,
     detect_drops,
     ended_warnings,
     find_episodes,
     siegmund_arl,
 )
-from analytics.simulate import SimConfig, simulate
+from thronos_analytics.analytics.simulate import SimConfig, simulate
+from thronos_analytics.core.contract import Row, parse_line
 
 DAY = 86_400.0
 FIELDS = {"key", "provider", "use_case", "since_ts", "active", "before", "now", "n_since"}

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import orjson
 import pytest
-
-from analytics.simulate import SimConfig, write
-from thronos_analytics import keys
-from workers.queues import QUEUES, queues_for
+from thronos_analytics.analytics.simulate import SimConfig, write
+from thronos_analytics.core import keys
+from thronos_analytics.core.messages import QUEUES, queues_for
 
 AMQP_URL = os.environ.get("THRONOS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 

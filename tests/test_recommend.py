@@ -8,9 +8,8 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 import pytest
-
-from analytics.quality import detect_drops
-from analytics.recommend import explain_empty, fit_recommender, rank, suggestions
+from thronos_analytics.analytics.quality import detect_drops
+from thronos_analytics.analytics.recommend import explain_empty, fit_recommender, rank, suggestions
 
 COLUMNS = ["ts", "use_case", "provider", "wallet", "score", "latency_ms", "credits_used"]
 START, DAYS = 1_767_225_600.0, 14  # 2026-01-01 UTC: the quality model reads hours and days

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-
-from analytics.simulate import SimConfig, write
-from workers.report import CHART_TITLES
+from thronos_analytics.analytics.simulate import SimConfig, write
+from thronos_analytics.workers.report import CHART_TITLES
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 HEADLESS = [

@@ -14,9 +14,8 @@ import orjson
 import pytest
 from layouts import write_v4
 from test_store import assert_state_matches, flags_for
-
-from analytics.contract import Row, ScoreEvent, parse_line
-from thronos_analytics import keys, store
+from thronos_analytics.core import keys, store
+from thronos_analytics.core.contract import Row, ScoreEvent, parse_line
 
 USE_CASES = ("coding", "research", "writing")
 

@@ -14,9 +14,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-
-from analytics.contract import Rejection, Row, parse_line
-from analytics.simulate import (
+from thronos_analytics.analytics.simulate import (
     ANOMALY_KINDS,
     BAD_KINDS,
     PROVIDERS,
@@ -25,6 +23,7 @@ from analytics.simulate import (
     simulate,
     write,
 )
+from thronos_analytics.core.contract import Rejection, Row, parse_line
 
 ROWS = 20_000
 

@@ -22,8 +22,8 @@ import orjson
 import psutil
 import pytest
 import redis
+from thronos_analytics.analytics.simulate import SimConfig, write
 
-from analytics.simulate import SimConfig, write
 from thronos_analytics.stack import (
     REDIS_PIN_FILE,
     STATE_FILE,

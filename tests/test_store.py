@@ -8,10 +8,9 @@ from pathlib import Path
 
 import orjson
 import pytest
-
-from analytics.contract import Row, parse_line
-from analytics.simulate import SimConfig, write
-from thronos_analytics import keys, store
+from thronos_analytics.analytics.simulate import SimConfig, write
+from thronos_analytics.core import keys, store
+from thronos_analytics.core.contract import Row, parse_line
 
 from recount import assert_published_once
 

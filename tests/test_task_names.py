@@ -4,7 +4,7 @@ Given the Celery app, when its tasks are listed, then they are exactly these. A 
 must update this list on purpose, and drain the queues before deploying.
 """
 
-from workers.celery_app import app
+from thronos_analytics.workers.celery_app import app
 
 EXPECTED = {
     "thronos.score_batch",
@@ -25,7 +25,7 @@ def test_registered_task_names_are_stable():
 
 
 def test_every_task_has_a_route_to_a_declared_queue():
-    from workers.queues import QUEUES, SCORING
+    from thronos_analytics.core.messages import QUEUES, SCORING
 
     router = app.amqp.router
     declared = {q.name for q in QUEUES}

@@ -1,1 +1,2 @@
-"""Thronos AI ledger analytics: command line, settings and the shared Redis key space."""
+"""Thronos AI ledger analytics: the command line, the local stack and the drain, on top of
+core, producers, workers and analytics."""

@@ -27,8 +27,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from thronos_analytics import keys, logs
-from thronos_analytics.settings import Settings, rejected_file, settings
+from thronos_analytics.core import keys, logs
+from thronos_analytics.core.settings import Settings, rejected_file, settings
 
 # No locals in --debug tracebacks: they would print REDIS_URL's password and whole batches.
 app = typer.Typer(
@@ -174,7 +174,7 @@ def _use_stack() -> str:
 
 def _connect() -> Any:
     """A client of this command's Redis, checked: an unreachable one fails here, at once."""
-    from thronos_analytics import store
+    from thronos_analytics.core import store
 
     r = store.connect(_use_stack())
     r.ping()
@@ -184,7 +184,7 @@ def _connect() -> Any:
 def _publish_quickly() -> None:
     """In a process that sends tasks, a broker or result store that is down fails the send
     in seconds, rather than after Celery's 20 reconnects (the caller retries, or says so)."""
-    from workers.celery_app import app as celery_app
+    from thronos_analytics.workers.celery_app import app as celery_app
 
     conf = celery_app.conf
     conf.broker_transport_options = {**conf.broker_transport_options, "socket_connect_timeout": 2}
@@ -246,7 +246,7 @@ def _progress() -> Progress:
 
 
 def _write_ledger(cfg: Any, out: Path, truth: Path | None = None) -> dict:
-    from analytics.simulate import write
+    from thronos_analytics.analytics.simulate import write
 
     lines = cfg.rows + int(round(cfg.bad_rate * cfg.rows))
     with _progress() as progress:
@@ -261,7 +261,7 @@ def _count_lines(path: Path) -> int:
 
 def _drain(config: Settings, ledgers: tuple[Path, ...], redis_url: str) -> dict:
     """``drain``, with bars for rows ingested and flagged when on a terminal."""
-    from thronos_analytics import store
+    from thronos_analytics.core import store
     from thronos_analytics.drain import drain
 
     if not console.is_terminal:
@@ -315,7 +315,7 @@ def run(
     ] = True,
 ) -> None:
     """Start Redis (unless REDIS_URL is set), workers, beat and a tail producer per ledger."""
-    from thronos_analytics import store
+    from thronos_analytics.core import store
     from thronos_analytics.stack import Stack
 
     config = settings(ledger or ())
@@ -351,9 +351,9 @@ def _origin(ledger: list[Path] | None, config: Settings) -> str:
 
 def _ledger_tail(config: Settings, ledger: Path, r: Any) -> Any:
     """The tail producer on one ledger: rows to scoring, bad lines to its dead letters."""
-    from producers.dead_letter import DeadLetter
-    from producers.emit import send_batch
-    from producers.tail import TailProducer
+    from thronos_analytics.core.messages import send_batch
+    from thronos_analytics.producers.dead_letter import DeadLetter
+    from thronos_analytics.producers.tail import TailProducer
 
     dead_letter = DeadLetter(rejected_file(ledger), ledger.name, r)
     return TailProducer(ledger, send_batch, dead_letter.record, config.batch_size, confirm_with=r)
@@ -390,8 +390,8 @@ def _serve(config: Settings, ledgers: tuple[Path, ...], stack: Any) -> None:
     import redis
     from rich.live import Live
 
-    from thronos_analytics import store
-    from workers.tasks import refresh_analytics
+    from thronos_analytics.core import store
+    from thronos_analytics.workers.tasks import refresh_analytics
 
     r = store.connect(stack.redis_url)
     tails = _follow(config, ledgers, r)
@@ -612,7 +612,7 @@ def _add_numbers(grid: Any, report: dict[str, Any]) -> None:
 
 def _demo_ledger(config: Settings) -> Path:
     """The demo file, written once: its own file, so no real ledger ever holds demo rows."""
-    from analytics.simulate import SimConfig
+    from thronos_analytics.analytics.simulate import SimConfig
 
     demo = config.demo_ledger
     if _size(demo) == 0:
@@ -639,7 +639,7 @@ def simulate(
     force: Annotated[bool, typer.Option("--force", help="overwrite a file that has lines")] = False,
 ) -> None:
     """Write a realistic synthetic ledger with planted personas, anomalies and a quality drop."""
-    from analytics.simulate import SimConfig
+    from thronos_analytics.analytics.simulate import SimConfig
 
     out = out or settings().simulated_ledger
     if out.is_dir():
@@ -666,9 +666,9 @@ def backfill(
     are keyed by id).
 
     Returns once Redis has seen every row, sending again any that were lost on the way."""
-    from producers.backfill import backfill as replay_file
-    from producers.dead_letter import DeadLetter
-    from producers.emit import send_batch
+    from thronos_analytics.core.messages import send_batch
+    from thronos_analytics.producers.backfill import backfill as replay_file
+    from thronos_analytics.producers.dead_letter import DeadLetter
 
     named = [*(paths or ()), *(ledger or ())]
     config = settings(named)
@@ -710,7 +710,7 @@ def backfill(
 
 def _warn_without_workers() -> None:
     """Rows wait in the queue until a worker takes them: say so, rather than wait mutely."""
-    from workers.celery_app import app as celery_app
+    from thronos_analytics.workers.celery_app import app as celery_app
 
     try:
         answered = celery_app.control.ping(timeout=1.0, limit=1)
@@ -777,7 +777,7 @@ def recommend(
     as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts")] = False,
 ) -> None:
     """Suggest providers for a use case, from the latest ai_analytics.json (no Redis needed)."""
-    from analytics.recommend import explain_empty, known_wallet, rank
+    from thronos_analytics.analytics.recommend import explain_empty, known_wallet, rank
 
     path = settings().analytics_json
     try:
@@ -831,8 +831,8 @@ RATE_SAMPLE_BATCHES = 20
 
 
 def _status_report(r: Any) -> dict[str, Any]:
-    from thronos_analytics import store
-    from thronos_analytics.metrics import LAG_BUCKETS
+    from thronos_analytics.core import store
+    from thronos_analytics.core.metrics import LAG_BUCKETS
 
     now = time.time()
     report: dict[str, Any] = store.counts(r)
@@ -886,11 +886,11 @@ def _number(value: str) -> int | float | str:
 
 def _queue_depths(r: Any) -> dict[str, int]:
     """Messages waiting per queue, asked of the broker (Redis or RabbitMQ)."""
-    from workers.queues import QUEUES, is_amqp
+    from thronos_analytics.core.messages import QUEUES, is_amqp
 
     if not is_amqp(settings().broker_url):
         return {q.name: r.llen(q.name) for q in QUEUES}
-    from workers.celery_app import app as celery_app
+    from thronos_analytics.workers.celery_app import app as celery_app
 
     depths = {}
     with celery_app.connection_for_write() as connection:
@@ -1161,7 +1161,7 @@ def metrics(port: Annotated[int, typer.Option()] = 9108) -> None:
     """Serve Prometheus metrics on :PORT/metrics, read from Redis at each scrape."""
     from prometheus_client import REGISTRY, start_http_server
 
-    from thronos_analytics.metrics import RedisCollector
+    from thronos_analytics.core.metrics import RedisCollector
 
     REGISTRY.register(RedisCollector(_connect()))
     start_http_server(port)

@@ -7,11 +7,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from producers.backfill import backfill
-from producers.dead_letter import DeadLetter
-from producers.emit import send_batch
-from thronos_analytics import keys, store
-from thronos_analytics.settings import Settings, rejected_file
+from thronos_analytics.core import keys, store
+from thronos_analytics.core.messages import send_batch
+from thronos_analytics.core.settings import Settings, rejected_file
+from thronos_analytics.producers.backfill import backfill
+from thronos_analytics.producers.dead_letter import DeadLetter
 
 CHECK_CHUNK = 5000
 
@@ -44,7 +44,7 @@ def drain(
 ) -> dict[str, Any]:
     """Replay each ledger (default: ``config.ledgers``) in turn, train on them all, score
     every row, retrain the rest and export. A missing ledger counts as an empty one."""
-    from workers.tasks import refresh_signature, retrain_anomaly
+    from thronos_analytics.workers.tasks import refresh_signature, retrain_anomaly
 
     r = store.connect(redis_url)
     started = time.perf_counter()

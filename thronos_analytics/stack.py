@@ -35,9 +35,9 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 import redis
 
-from thronos_analytics.atomic_file import write_atomically
-from thronos_analytics.settings import Settings
-from workers.queues import SCORING, TRAINING
+from thronos_analytics.core.atomic_file import write_atomically
+from thronos_analytics.core.messages import SCORING, TRAINING
+from thronos_analytics.core.settings import Settings
 
 log = logging.getLogger("thronos.stack")
 
@@ -588,7 +588,7 @@ class RedisServer:
 
 
 def celery_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "workers.celery_app", *args]
+    return [sys.executable, "-m", "celery", "-A", "thronos_analytics.workers.celery_app", *args]
 
 
 def worker_command(

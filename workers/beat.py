@@ -12,8 +12,7 @@ import logging
 import uuid
 
 from celery.beat import Scheduler
-
-from thronos_analytics import keys, store
+from thronos_analytics.core import keys, store
 
 LOCK_TTL = 30
 TICK = 5.0

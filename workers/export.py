@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
-from analytics.recommend import rank, suggestions
-from thronos_analytics import keys, store
-from thronos_analytics.atomic_file import write_atomically
-from thronos_analytics.settings import settings
-from workers import report
+from thronos_analytics.analytics.recommend import rank, suggestions
+from thronos_analytics.core import keys, store
+from thronos_analytics.core.atomic_file import write_atomically
+from thronos_analytics.core.settings import settings
+from thronos_analytics.workers import report
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2  # 2: suggestion objects, p_best rankings, incidents

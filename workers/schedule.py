@@ -1,7 +1,7 @@
 """The beat schedule. Each entry expires before its next run, so a backlog is dropped, not
 replayed: a stale retrain is worth nothing once a newer one is due."""
 
-from thronos_analytics.settings import settings
+from thronos_analytics.core.settings import settings
 
 
 def beat_schedule() -> dict:

@@ -18,11 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-
-from analytics.anomaly import AnomalyDetector
-from analytics.contract import Rejection, Row, RowError, ScoreEvent
-from thronos_analytics import keys, store
-from thronos_analytics.metrics import record_lag
+from thronos_analytics.analytics.anomaly import AnomalyDetector
+from thronos_analytics.core import keys, store
+from thronos_analytics.core.contract import Rejection, Row, RowError, ScoreEvent
+from thronos_analytics.core.metrics import record_lag
 
 log = logging.getLogger(__name__)
 # Rows scored per Lua call at most; bounds a worker's memory whatever a message holds.

@@ -14,11 +14,10 @@ from typing import Any
 
 from celery import chord
 from celery.signals import worker_process_init
-
-from thronos_analytics import keys, store
-from thronos_analytics.settings import settings
-from workers import scoring
-from workers.celery_app import app
+from thronos_analytics.core import keys, store
+from thronos_analytics.core.settings import settings
+from thronos_analytics.workers import scoring
+from thronos_analytics.workers.celery_app import app
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,7 @@ def send_rows(rows: list[dict]) -> None:
 
 @app.task(name="thronos.retrain_anomaly", ignore_result=False)
 def retrain_anomaly(force: bool = False) -> dict[str, Any]:
-    from workers import training
+    from thronos_analytics.workers import training
 
     r = store.connect()
     result = training.retrain(r, "anomaly", lambda: training.fit_anomaly(r, force))
@@ -64,7 +63,7 @@ def retrain_anomaly(force: bool = False) -> dict[str, Any]:
 
 @app.task(name="thronos.retrain_profiles", ignore_result=False)
 def retrain_profiles() -> dict[str, Any]:
-    from workers import training
+    from thronos_analytics.workers import training
 
     r = store.connect()
     return training.retrain(r, "profiles", lambda: training.fit_profiles_model(r))
@@ -72,7 +71,7 @@ def retrain_profiles() -> dict[str, Any]:
 
 @app.task(name="thronos.retrain_recommender", ignore_result=False)
 def retrain_recommender() -> dict[str, Any]:
-    from workers import training
+    from thronos_analytics.workers import training
 
     r = store.connect()
     return training.retrain(r, "recommender", lambda: training.fit_recommender_model(r))
@@ -80,7 +79,7 @@ def retrain_recommender() -> dict[str, Any]:
 
 @app.task(name="thronos.detect_quality_drops", ignore_result=False)
 def detect_quality_drops() -> dict[str, Any]:
-    from workers import training
+    from thronos_analytics.workers import training
 
     r = store.connect()
     return training.retrain(r, "quality", lambda: training.fit_quality_model(r))
@@ -88,7 +87,7 @@ def detect_quality_drops() -> dict[str, Any]:
 
 @app.task(name="thronos.detect_incidents", ignore_result=False)
 def detect_incidents() -> dict[str, Any]:
-    from workers import training
+    from thronos_analytics.workers import training
 
     r = store.connect()
     return training.retrain(r, "incidents", lambda: training.fit_incidents_model(r))
@@ -96,7 +95,7 @@ def detect_incidents() -> dict[str, Any]:
 
 @app.task(name="thronos.write_analytics", ignore_result=False)
 def write_analytics(retrains: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    from workers import export
+    from thronos_analytics.workers import export
 
     summary = export.write_analytics(store.connect(), settings().analytics_json)
     return {**summary, "retrains": retrains or []}

@@ -16,15 +16,14 @@ from typing import Any
 import numpy as np
 import orjson
 import pandas as pd
-
-from analytics.anomaly import AnomalyDetector
-from analytics.contract import Row
-from analytics.incidents import detect_incidents
-from analytics.profiles import fit_profiles
-from analytics.quality import active_warnings, ended_warnings, find_episodes
-from analytics.recommend import fit_recommender
-from thronos_analytics import keys, store
-from thronos_analytics.settings import settings
+from thronos_analytics.analytics.anomaly import AnomalyDetector
+from thronos_analytics.analytics.incidents import detect_incidents
+from thronos_analytics.analytics.profiles import fit_profiles
+from thronos_analytics.analytics.quality import active_warnings, ended_warnings, find_episodes
+from thronos_analytics.analytics.recommend import fit_recommender
+from thronos_analytics.core import keys, store
+from thronos_analytics.core.contract import Row
+from thronos_analytics.core.settings import settings
 
 log = logging.getLogger(__name__)
 LOCK_TTL = 900

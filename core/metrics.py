@@ -19,9 +19,8 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-
-from thronos_analytics import keys, store
-from workers.queues import QUEUES
+from thronos_analytics.core import keys, store
+from thronos_analytics.core.messages import QUEUES
 
 # The kinds of analytics/incidents.py (not imported: it loads pandas and scipy); every kind
 # has a gauge, 0 when none is active, so an alert can tell "none" from "not scraped".

@@ -19,10 +19,9 @@ from typing import Any
 import orjson
 import redis
 from redis import Redis  # re-exported: other modules annotate with store.Redis
-
-from analytics.contract import Rejection, Row, ScoreEvent
-from thronos_analytics import keys, signing
-from thronos_analytics.settings import settings
+from thronos_analytics.core import keys, signing
+from thronos_analytics.core.contract import Rejection, Row, ScoreEvent
+from thronos_analytics.core.settings import settings
 
 
 @cache
