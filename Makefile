@@ -7,10 +7,11 @@ STAMP := $(VENV)/.installed
 .PHONY: run drain test lint bench clean
 
 # setup.py and the .pyx: the editable install compiles the scoring kernels; edits rebuild them.
-$(STAMP): pyproject.toml setup.py analytics/_kernels.pyx
+# The runtime dependencies are the versions requirements.lock pins, as in the image.
+$(STAMP): pyproject.toml requirements.lock setup.py analytics/_kernels.pyx
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $@
 
 run: $(STAMP)  ## start the stack on data/ai_ledger.jsonl; while it is empty, also follow data/demo.ai_ledger.jsonl (simulated rows)

@@ -7,7 +7,16 @@ most like it, in robust standard deviations (1.4826 × MAD): output length and s
 the same (provider, use case), latency and credits with the same (provider, model), since
 that is what they depend on. A cell with fewer than ``MIN_CELL_ROWS`` rows falls back to
 the provider's norm, and an unseen provider to the norm of all rows. A missing measure
-counts as normal, so the other measures still count. A failed call (``success`` false)
+counts as normal, so the other measures still count.
+
+Latency and credits are compared **at the row's output length**: a long answer takes
+longer and costs more, so in each group (cell, provider, all rows) a robust slope ``b``
+of the measure on ``log1p(output_len)`` is fitted (Theil–Sen: the median of pairwise
+slopes), and the measure compared is the residual ``y - b·(x - x̃)``, ``x̃`` the group's
+median log length. ``x`` is held above the group's 1st percentile: a call also pays for
+its prompt, so an empty or truncated output does not make its cost extreme; a row without
+a length is not adjusted. A group whose lengths barely vary, or are counted in different
+units, gets no slope. A failed call (``success`` false)
 has no answer to measure: its latency and length are a refusal's (often 0), so all its
 measures count as missing, in the norms as in its own evidence; failures are counted as
 incidents instead.
@@ -25,11 +34,12 @@ does the arithmetic, for one row as for thousands.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import NamedTuple
 
 import numpy as np
+
 from thronos_analytics.analytics import _kernels
 from thronos_analytics.core.contract import Row
 
@@ -49,6 +59,25 @@ LEVELS = ("cell", "provider", "all")
 # Distinct (provider, use case, model) triples whose norms are remembered; past this the
 # memory starts over, so odd values in a stream cannot grow it without bound.
 MEMO_SIZE = 4096
+# The measures compared at the row's output length (column 0 of BASE): latency and credits.
+BY_LENGTH = np.array([False, False, True, True])
+# Slopes are held to this range: a cost that falls with length, or grows faster than
+# length squared, is noise of the sample, not a price.
+SLOPE_RANGE = (0.0, 1.5)
+# A slope whose adjustment, over the spread of lengths, is under this share of the
+# measure's own spread is noise: there is no relation to take out.
+MIN_EXPLAINED = 0.1
+# A group whose log lengths have a robust SD under this (10%) has no length to explain by.
+MIN_LENGTH_SPREAD = 0.1
+# Theil–Sen on a bounded sample: pairs of rows at least MIN_PAIR_DX apart in log length,
+# from at most SLOPE_ROWS rows of the group; too few such pairs and there is no slope.
+SLOPE_ROWS = 5000
+SLOPE_PAIRS = 20_000
+MIN_PAIR_DX = 0.05
+MIN_PAIRS = 100
+# Columns of a group's length model (``ProviderNorms.length``).
+_SLOPE, _PIVOT, _LOW = range(3)
+_LENGTH_MODEL = 3
 
 # attrgetter reads a dataclass and a named tuple alike, in one C call per row.
 _MEASURES = attrgetter(*BASE)
@@ -59,6 +88,8 @@ _NORM, _PROVIDER, _USE_CASE, _SESSION, _WALLET = 0, 4, 5, 6, 7
 # LOG_SCALED and LOW_SIDE_ONLY as the kernels take them.
 _LOG_SCALED = LOG_SCALED.astype(np.uint8)
 _LOW_SIDE_ONLY = LOW_SIDE_ONLY.astype(np.uint8)
+_NOT_LOG_SCALED = np.zeros(len(BASE), dtype=np.uint8)  # for measures scaled already
+_BY_LENGTH = np.flatnonzero(BY_LENGTH)
 
 
 def base_matrix(rows: Sequence[Row]) -> np.ndarray:
@@ -86,12 +117,24 @@ def _cell_keys(rows: Sequence[Row], column: int) -> list[str]:
     return [f"{r.provider}{SEP}{getattr(r, attribute) or ''}" for r in rows]
 
 
+class Norm(NamedTuple):
+    """Each row's norm per measure, (n, len(BASE)) each: what :meth:`ProviderNorms.lookup` gives."""
+
+    median: np.ndarray  # at the row's output length, for the measures compared there
+    scale: np.ndarray
+    level: np.ndarray  # index into LEVELS
+    slope: np.ndarray  # of the measure on log length; 0 where the row was not adjusted
+
+
 @dataclass
 class ProviderNorms:
     """Median and robust scale of each measure per cell, per provider and over all rows.
 
     ``keys[j]`` names the groups of measure ``j``: ``"provider<SEP>refinement"`` for a cell,
-    ``"provider"`` for a provider and ``""`` for all rows. Treat it as immutable: lookup
+    ``"provider"`` for a provider and ``""`` for all rows. ``length[j]`` holds, per group,
+    how the measure follows output length: slope, median log length and the least log
+    length adjusted for (``_length_model``); none, as in a model from before lengths were
+    taken into account, is no slope anywhere. Treat it as immutable: lookup
     tables are built from it once.
     """
 
@@ -99,6 +142,7 @@ class ProviderNorms:
     keys: list[list[str]]
     median: list[np.ndarray]
     scale: list[np.ndarray]
+    length: list[np.ndarray] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # Every measure's norms in one flat table, and a last entry (median 0, scale 1) for
@@ -110,36 +154,68 @@ class ProviderNorms:
         ]
         self._median = np.concatenate([*self.median, [0.0]]).astype(np.float64)
         self._scale = np.concatenate([*self.scale, [1.0]]).astype(np.float64)
+        if not self.length:
+            self.length = [np.zeros((len(keys), _LENGTH_MODEL)) for keys in self.keys]
+        self._length = np.concatenate([*self.length, np.zeros((1, _LENGTH_MODEL))])
+        # Without a slope anywhere, scoring skips the adjustment altogether.
+        self._sloped = bool((self._length[:, _SLOPE] != 0).any())
         self._memo: dict[tuple, tuple[int, ...]] = {}
 
     @classmethod
     def fit(cls, base: np.ndarray, rows: Sequence[Row]) -> ProviderNorms:
         providers = [r.provider for r in rows]
+        units = np.array([r.output_unit or "" for r in rows])
+        lengths = base[:, 0]
         names: list[list[str]] = []
         medians: list[np.ndarray] = []
         scales: list[np.ndarray] = []
+        models: list[np.ndarray] = []
         for j in range(len(BASE)):
             groups: dict[str, list[int]] = {"": list(range(len(rows)))}
             for i, (provider, cell) in enumerate(zip(providers, _cell_keys(rows, j), strict=True)):
                 groups.setdefault(provider, []).append(i)
                 groups.setdefault(cell, []).append(i)
-            key_list, med, scale = [], [], []
+            key_list, med, scale, model_list = [], [], [], []
             for key, members in groups.items():
-                column = base[members, j]
-                column = column[~np.isnan(column)]
                 is_cell = SEP in key
                 if is_cell and key.endswith(SEP):  # no use case or model: the provider's norm
                     continue
+                column = base[members, j]
+                have = ~np.isnan(column)
+                column = column[have]
                 if column.size == 0 or (is_cell and column.size < MIN_CELL_ROWS):
                     continue
+                model = np.zeros(_LENGTH_MODEL)
+                if BY_LENGTH[j]:
+                    x = lengths[members][have]
+                    known = ~np.isnan(x)
+                    # Chars and tokens are no common scale: no slope across them.
+                    if np.unique(units[members][have][known]).size == 1:
+                        natural = np.expm1(column[known])
+                        paid = natural > 0  # a free call has no cost to scale
+                        model = _length_model(x[known][paid], np.log(natural[paid]))
+                    column = _take_out(column, _adjustment(model, x))
                 m = float(np.median(column))
                 key_list.append(key)
                 med.append(m)
-                scale.append(max(1.4826 * float(np.median(np.abs(column - m))), MIN_SCALE[j]))
+                spread = np.abs(column - m)
+                robust_sd = 1.4826 * float(np.median(spread))
+                import os
+                mode = os.environ.get("SCALE_MODE", "q90")
+                if model[_SLOPE] > 0 and mode == "q90":
+                    robust_sd = max(robust_sd, float(np.quantile(spread, 0.9)) / 1.645)
+                if model[_SLOPE] > 0 and mode == "q95":
+                    robust_sd = max(robust_sd, float(np.quantile(spread, 0.95)) / 1.96)
+                if model[_SLOPE] > 0 and mode == "raw":
+                    raw = base[members, j][have]
+                    robust_sd = 1.4826 * float(np.median(np.abs(raw - np.median(raw))))
+                scale.append(max(robust_sd, MIN_SCALE[j]))
+                model_list.append(model)
             names.append(key_list)
             medians.append(np.array(med, dtype=float))
             scales.append(np.array(scale, dtype=float))
-        return cls(sorted(set(providers)), names, medians, scales)
+            models.append(np.array(model_list, dtype=float).reshape(-1, _LENGTH_MODEL))
+        return cls(sorted(set(providers)), names, medians, scales, models)
 
     def resolve(
         self, provider: str, use_case: str | None, model: str | None
@@ -169,22 +245,88 @@ class ProviderNorms:
         entries = self._memo[key] = self.resolve(*key)[0]
         return entries
 
-    def lookup(self, rows: Sequence[Row]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Median, scale and level (index into ``LEVELS``) of each row's norm, (n, len(BASE))."""
+    def residuals(self, base: np.ndarray, entries: np.ndarray) -> np.ndarray:
+        """``base`` as compared with the norms: latency and credits less what each row's
+        output length explains (a copy), or ``base`` itself when no group has a slope.
+        ``entries[:, :len(BASE)]`` are the rows' norm entries."""
+        if not self._sloped:
+            return base
+        out = base.copy()
+        adjustment = _adjustment(self._length[entries[:, _BY_LENGTH]], base[:, :1])
+        out[:, _BY_LENGTH] = _take_out(base[:, _BY_LENGTH], adjustment)
+        return out
+
+    def lookup(self, rows: Sequence[Row]) -> Norm:
+        """Each row's norm per measure, at its own output length (see :class:`Norm`)."""
         resolved = [self.resolve(r.provider, r.use_case, r.model) for r in rows]
         shape = (len(rows), len(BASE))
         entries = np.array([e for e, _ in resolved], dtype=np.int64).reshape(shape)
         levels = np.array([lv for _, lv in resolved], dtype=np.int8).reshape(shape)
-        return self._median[entries], self._scale[entries], levels
+        model = self._length[entries]
+        x = base_matrix(rows)[:, :1]
+        slope = np.where(np.isnan(x), 0.0, model[..., _SLOPE])
+        median = _put_back(self._median[entries], _adjustment(model, x))
+        return Norm(median, self._scale[entries], levels, slope)
 
     def distances(self, base: np.ndarray, rows: Sequence[Row]) -> np.ndarray:
         """Signed robust z of each measure, oriented so that larger is stranger; 0 if missing."""
         entries = [self.resolve(r.provider, r.use_case, r.model)[0] for r in rows]
         codes = np.array(entries, dtype=np.int64).reshape(len(rows), len(BASE))
         distance = np.empty((len(rows), len(BASE)))
-        base = np.ascontiguousarray(base, np.float64)  # the one type the kernel takes
+        base = self.residuals(np.ascontiguousarray(base, np.float64), codes)  # the kernel's type
         _kernels.distances(base, codes, self._median, self._scale, _LOW_SIDE_ONLY, distance)
         return distance
+
+
+def _length_model(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """How ``y`` follows log length ``x`` in one group (both without NaN): ``[slope, median
+    x, least x]``, the adjustment holding x at or above the least, the 1st percentile.
+
+    The slope is Theil–Sen's, the median of the slopes of ``SLOPE_PAIRS`` random pairs,
+    held to ``SLOPE_RANGE``. It is 0 when the lengths barely vary, when too few pairs
+    differ in length, or when it explains under ``MIN_EXPLAINED`` of ``y``'s spread.
+    Empty outputs take no part: they have no length to explain a cost by, and are an
+    anomaly of their own.
+    """
+    none = np.zeros(_LENGTH_MODEL)
+    answered = x > 0
+    x, y = x[answered], y[answered]
+    if x.size < MIN_CELL_ROWS:
+        return none
+    pivot = float(np.median(x))
+    x_spread = 1.4826 * float(np.median(np.abs(x - pivot)))
+    if x_spread < MIN_LENGTH_SPREAD:
+        return none
+    # A fixed seed: the same rows always give the same model.
+    first, second = np.random.default_rng(0).integers(x.size, size=(2, SLOPE_PAIRS))
+    dx = x[second] - x[first]
+    apart = np.abs(dx) >= MIN_PAIR_DX
+    if apart.sum() < MIN_PAIRS:
+        return none
+    slope = float(np.median((y[second] - y[first])[apart] / dx[apart]))
+    slope = min(max(slope, SLOPE_RANGE[0]), SLOPE_RANGE[1])
+    y_spread = 1.4826 * float(np.median(np.abs(y - np.median(y))))
+    if slope * x_spread <= MIN_EXPLAINED * y_spread:
+        return none
+    return np.array([slope, pivot, float(np.quantile(x, 0.01))])
+
+
+def _take_out(y: np.ndarray, adjustment: np.ndarray) -> np.ndarray:
+    """Log-scaled measures ``y`` divided by ``exp(adjustment)``, on the log scale still."""
+    return np.log1p(np.expm1(y) * np.exp(-adjustment))
+
+
+def _put_back(y: np.ndarray, adjustment: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`_take_out`."""
+    return np.log1p(np.expm1(y) * np.exp(adjustment))
+
+
+def _adjustment(model: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``slope·(x - median x)``, x held at or above the least, of length models ``model``
+    (..., 3) and log lengths ``x`` (broadcast against ``model[..., 0]``); 0 where x is
+    missing."""
+    dx = np.maximum(x, model[..., _LOW]) - model[..., _PIVOT]
+    return np.nan_to_num(model[..., _SLOPE] * dx, nan=0.0)
 
 
 def feature_names() -> list[str]:
@@ -313,12 +455,18 @@ def featurise(
             fresh.reshape(2 * n, n_p)[given_at] = given_counts
             has_fresh.reshape(2 * n)[given_at] = True
     base = _raw_measures(measures, n)
+    code_array = np.array(codes, dtype=np.int64).reshape(n, 8)
+    measured, log_scaled = base, _LOG_SCALED  # the kernel puts base on the log scale
+    if norms._sloped:
+        # The residuals need the log scale first; base itself stays as measured, for reasons.
+        _kernels.log_scale(base, _LOG_SCALED)
+        measured, log_scaled = norms.residuals(base, code_array), _NOT_LOG_SCALED
     distance, X, others, provider = _kernels.featurise(
-        base,
-        np.array(codes, dtype=np.int64).reshape(n, 8),
+        measured,
+        code_array,
         norms._median,
         norms._scale,
-        _LOG_SCALED,
+        log_scaled,
         _LOW_SIDE_ONLY,
         counts.session_counts,
         counts.wallet_counts,

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from thronos_analytics.analytics import _kernels
 
 if TYPE_CHECKING:  # Scoring needs no scikit-learn; only from_sklearn imports it.

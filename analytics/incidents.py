@@ -97,6 +97,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import stats as st
+from sklearn.base import BaseEstimator
 
 KINDS = ("call_burst", "spend_spike", "empty_outputs", "latency_regression", "error_spike")
 HOUR, DAY = 3600.0, 86_400.0
@@ -1159,3 +1160,49 @@ def _wallet_incident(
         "evidence": evidence,
         "message": message,
     }
+
+
+class IncidentDetector(BaseEstimator):
+    """The incidents model as an estimator: ``fit(X)`` finds the incidents of a frame of
+    window rows (``COLUMNS``; any may be missing).
+
+    Parameter: ``now`` (epoch seconds), as :func:`detect_incidents`'s: None for the newest
+    row's ``ts``. Learned: ``incidents_``, newest first, JSON-ready. ``predict`` names the
+    incident each row falls in.
+
+    >>> import numpy as np, pandas as pd
+    >>> rng = np.random.default_rng(0)
+    >>> ts = np.sort(rng.uniform(0, 4 * 86_400, 8_000)) + 1.7e9
+    >>> rows = pd.DataFrame({"ts": ts, "provider": "acme", "model": "m1",
+    ...                      "success": rng.random(ts.size) > np.where(ts > ts[6000], 0.4, 0.02)})
+    >>> model = IncidentDetector().fit(rows)
+    >>> [i["kind"] for i in model.incidents_], model.predict(rows.iloc[[0]]).tolist()
+    (['error_spike'], [None])
+    """
+
+    def __init__(self, now: float | None = None) -> None:
+        self.now = now
+
+    def fit(self, X: pd.DataFrame, y: None = None) -> IncidentDetector:
+        """Find the incidents of ``X``; ``y`` is ignored."""
+        self.incidents_ = detect_incidents(X, self.now) if len(X) else []
+        return self
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        """The key of the incident each row falls in (its wallet's, or its provider's and
+        model's, from its onset until it ended), the newest; None for the others."""
+        out = np.full(len(X), None, dtype=object)
+        ts = X["ts"].to_numpy(dtype=float)
+        column = {c: X[c].to_numpy() if c in X.columns else out for c in COLUMNS}
+        for incident in reversed(self.incidents_):  # oldest first: the newest is kept
+            inside = ts >= incident["since_ts"]
+            if incident["until_ts"] is not None:
+                inside &= ts <= incident["until_ts"]
+            if "wallet" in incident:
+                inside &= column["wallet"] == incident["wallet"]
+            else:
+                inside &= column["provider"] == incident["provider"]
+                if incident["model"] is not None:
+                    inside &= column["model"] == incident["model"]
+            out[inside] = incident["key"]
+        return out

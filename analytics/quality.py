@@ -94,6 +94,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator
 
 DROP = 0.06  # the drop, in score units, the detector is tuned to find fastest
 FALSE_ALARMS_PER_MILLION = 0.1  # per series: ARL0 = 10 million rows
@@ -714,3 +715,53 @@ def detect_drops(
 ) -> list[dict[str, Any]]:
     """Active warnings from a frame of ts, provider, use_case and score."""
     return active_warnings(find_episodes(rows, drop, false_alarms_per_million))
+
+
+class QualityDropDetector(BaseEstimator):
+    """The quality model as an estimator: ``fit(X)`` finds the drops of a frame of ts,
+    provider, use_case and score (and wallet, optional).
+
+    Parameters: ``drop`` and ``false_alarms_per_million``, as in the module docstring.
+    Learned: ``episodes_`` (every drop, :func:`find_episodes`), ``warnings_`` (those still
+    active, :func:`active_warnings`) and ``ended_`` (:func:`ended_warnings`). ``predict``
+    names the drop each row falls in.
+
+    >>> import numpy as np, pandas as pd
+    >>> rng = np.random.default_rng(0)
+    >>> ts = np.sort(rng.uniform(0, 6 * 86_400, 6_000)) + 1.7e9
+    >>> rows = pd.DataFrame({"ts": ts, "provider": "acme", "use_case": "coding",
+    ...                      "score": rng.normal(0.85, 0.08, ts.size) - 0.1 * (ts > ts[5000])})
+    >>> model = QualityDropDetector().fit(rows)
+    >>> [w["key"] for w in model.warnings_], model.predict(rows.iloc[[0, -1]]).tolist()
+    (['acme|coding'], [None, 'acme|coding'])
+    """
+
+    def __init__(
+        self, drop: float = DROP, false_alarms_per_million: float = FALSE_ALARMS_PER_MILLION
+    ) -> None:
+        self.drop = drop
+        self.false_alarms_per_million = false_alarms_per_million
+
+    def fit(self, X: pd.DataFrame, y: None = None) -> QualityDropDetector:
+        """Find every drop of ``X``'s series; ``y`` is ignored."""
+        found = find_episodes(X, self.drop, self.false_alarms_per_million) if len(X) else []
+        self.episodes_ = found
+        self.warnings_ = active_warnings(found)
+        self.ended_ = ended_warnings(found)
+        return self
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        """The key of the drop each row falls in (its provider, its use case when the drop is
+        a use case's, from the onset until the end), the latest found; None for the others."""
+        out = np.full(len(X), None, dtype=object)
+        ts = X["ts"].to_numpy(dtype=float)
+        provider = X["provider"].to_numpy()
+        use_case = X["use_case"].to_numpy() if "use_case" in X.columns else out
+        for w in self.episodes_:
+            inside = (provider == w["provider"]) & (ts >= w["since_ts"])
+            if w["ended_ts"] is not None:
+                inside &= ts < w["ended_ts"]
+            if w["use_case"] is not None:
+                inside &= use_case == w["use_case"]
+            out[inside] = w["key"]
+        return out

@@ -63,6 +63,7 @@ import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
 from scipy.stats import norm
+from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression
 
 # Half-life of a call's weight, in later calls of the same cell (see the module docstring).
@@ -88,67 +89,103 @@ SUGGESTION_MIN_ROWS = 10
 SUGGESTION_MIN_CONFIDENCE = 0.9
 
 
-def fit_recommender(rows: pd.DataFrame, half_life: float = HALF_LIFE) -> dict[str, Any]:
-    """The recommender table from a frame of ts, use_case, provider, wallet, score,
-    latency_ms and credits_used (oldest first if it has no ``ts``). JSON-ready; :func:`rank`
-    reads it.
+class Recommender(BaseEstimator):
+    """The providers most probably best for each use case (and wallet), as posteriors.
 
-    ``use_cases[u][p]``: ``score`` and ``n``, the plain mean and count of scored calls in
-    the window; ``expected_score`` and ``sd``, the posterior; ``recent_score`` and
-    ``n_eff``, the decayed mean and effective calls; ``latency_ms`` and ``latency_p90_ms``,
-    ``credits`` (decayed median, p90 and mean); ``popularity``. ``wallets[w][u][p]``: the
-    wallet's ``score``, ``n``, and ``offset`` / ``offset_sd``, the posterior of its offset
-    from the cell; ``offsets[w][p]``: its offset with the provider over all use cases.
+    ``fit(X)`` takes a frame of ts, use_case, provider, wallet, score, latency_ms and
+    credits_used (oldest first if it has no ``ts``); ``half_life`` is as in the module
+    docstring. Learned: ``table_``, the JSON-ready table :func:`rank` reads (see
+    :meth:`fit`). ``predict`` gives each row's recommended provider.
+
+    >>> import pandas as pd
+    >>> rows = pd.DataFrame({"use_case": ["coding"] * 60, "wallet": ["w"] * 60,
+    ...                      "provider": ["claude", "local"] * 30,
+    ...                      "score": [0.9, 0.5] * 30})
+    >>> model = Recommender().fit(rows)
+    >>> model.predict(pd.DataFrame({"use_case": ["coding", "chat"]})).tolist()
+    ['claude', None]
     """
-    if half_life <= 0:
-        raise ValueError(f"half_life must be positive, not {half_life!r}")
-    decay = 0.5 ** (1.0 / half_life)
-    rows = rows[rows["use_case"].notna()]
-    if "ts" in rows.columns:
-        rows = rows.sort_values("ts", kind="stable")
-    frame = pd.DataFrame(
-        {
-            "use_case": rows["use_case"].astype(str).to_numpy(),
-            "provider": rows["provider"].astype(str).to_numpy(),
-            "wallet": rows["wallet"].to_numpy() if "wallet" in rows else None,
-            "score": pd.to_numeric(rows["score"], errors="coerce").to_numpy(dtype=float),
-            "latency_ms": _numeric(rows, "latency_ms"),
-            "credits": _numeric(rows, "credits_used"),
+
+    def __init__(self, half_life: float = HALF_LIFE) -> None:
+        self.half_life = half_life
+
+    def fit(self, X: pd.DataFrame, y: None = None) -> Recommender:
+        """Learn ``table_`` from a frame of rows; ``y`` is ignored. The table:
+
+        ``use_cases[u][p]``: ``score`` and ``n``, the plain mean and count of scored calls in
+        the window; ``expected_score`` and ``sd``, the posterior; ``recent_score`` and
+        ``n_eff``, the decayed mean and effective calls; ``latency_ms`` and ``latency_p90_ms``,
+        ``credits`` (decayed median, p90 and mean); ``popularity``. ``wallets[w][u][p]``: the
+        wallet's ``score``, ``n``, and ``offset`` / ``offset_sd``, the posterior of its offset
+        from the cell; ``offsets[w][p]``: its offset with the provider over all use cases.
+        """
+        rows, half_life = X, self.half_life
+        if half_life <= 0:
+            raise ValueError(f"half_life must be positive, not {half_life!r}")
+        decay = 0.5 ** (1.0 / half_life)
+        rows = rows[rows["use_case"].notna()]
+        if "ts" in rows.columns:
+            rows = rows.sort_values("ts", kind="stable")
+        frame = pd.DataFrame(
+            {
+                "use_case": rows["use_case"].astype(str).to_numpy(),
+                "provider": rows["provider"].astype(str).to_numpy(),
+                "wallet": rows["wallet"].to_numpy() if "wallet" in rows else None,
+                "score": pd.to_numeric(rows["score"], errors="coerce").to_numpy(dtype=float),
+                "latency_ms": _numeric(rows, "latency_ms"),
+                "credits": _numeric(rows, "credits_used"),
+            }
+        )
+        scored = frame[np.isfinite(frame["score"])].reset_index(drop=True)
+        cells = _cells(scored, decay)
+        costs = _costs(frame, decay)
+        popularity = _popularity(rows) if len(rows) else {}
+        table: dict[str, Any] = {}
+        for (use_case, provider), cell in cells.iterrows():
+            cost = costs.get((use_case, provider), {})
+            table.setdefault(use_case, {})[provider] = {
+                "score": round(float(cell["score"]), 4),
+                "n": int(cell["n"]),
+                "expected_score": round(float(cell["post_mean"]), 4),
+                "sd": round(float(cell["post_sd"]), 5),
+                "recent_score": round(float(cell["m"]), 4),
+                "n_eff": round(float(cell["n_eff"]), 1),
+                "latency_ms": cost.get("latency_ms"),
+                "latency_p90_ms": cost.get("latency_p90_ms"),
+                "credits": cost.get("credits"),
+                "popularity": round(popularity.get(use_case, {}).get(provider, 0.0), 4),
+            }
+        wallets, offsets, fit = _wallets(scored, decay)
+        self.table_: dict[str, Any] = {
+            "method": "decayed-normal-thompson",
+            "half_life": half_life,
+            "half_life_unit": "calls of the cell",
+            "min_effective_calls": MIN_EFFECTIVE_CALLS,
+            "prior_sd": round(float(cells.attrs.get("prior_sd", DEFAULT_PRIOR_SD)), 4),
+            "shrinkage": fit["shrinkage"],
+            "shrinkage_use_case": fit["shrinkage_use_case"],
+            "wallet_noise_sd": fit["noise_sd"],
+            "use_cases": table,
+            "wallets": wallets,
+            "offsets": offsets,
         }
-    )
-    scored = frame[np.isfinite(frame["score"])].reset_index(drop=True)
-    cells = _cells(scored, decay)
-    costs = _costs(frame, decay)
-    popularity = _popularity(rows) if len(rows) else {}
-    table: dict[str, Any] = {}
-    for (use_case, provider), cell in cells.iterrows():
-        cost = costs.get((use_case, provider), {})
-        table.setdefault(use_case, {})[provider] = {
-            "score": round(float(cell["score"]), 4),
-            "n": int(cell["n"]),
-            "expected_score": round(float(cell["post_mean"]), 4),
-            "sd": round(float(cell["post_sd"]), 5),
-            "recent_score": round(float(cell["m"]), 4),
-            "n_eff": round(float(cell["n_eff"]), 1),
-            "latency_ms": cost.get("latency_ms"),
-            "latency_p90_ms": cost.get("latency_p90_ms"),
-            "credits": cost.get("credits"),
-            "popularity": round(popularity.get(use_case, {}).get(provider, 0.0), 4),
-        }
-    wallets, offsets, fit = _wallets(scored, decay)
-    return {
-        "method": "decayed-normal-thompson",
-        "half_life": half_life,
-        "half_life_unit": "calls of the cell",
-        "min_effective_calls": MIN_EFFECTIVE_CALLS,
-        "prior_sd": round(float(cells.attrs.get("prior_sd", DEFAULT_PRIOR_SD)), 4),
-        "shrinkage": fit["shrinkage"],
-        "shrinkage_use_case": fit["shrinkage_use_case"],
-        "wallet_noise_sd": fit["noise_sd"],
-        "use_cases": table,
-        "wallets": wallets,
-        "offsets": offsets,
-    }
+        return self
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        """The provider ranked first for each row's use case (and wallet, if the frame has
+        one), or None where the use case was not seen."""
+        wallets = X["wallet"] if "wallet" in X.columns else [None] * len(X)
+        best = []
+        for use_case, wallet in zip(X["use_case"], wallets, strict=True):
+            known = use_case in self.table_["use_cases"]
+            ranked = rank(self.table_, use_case, wallet, top=1) if known else []
+            best.append(ranked[0]["provider"] if ranked else None)
+        return np.array(best, dtype=object)
+
+
+def fit_recommender(rows: pd.DataFrame, half_life: float = HALF_LIFE) -> dict[str, Any]:
+    """The recommender table (:class:`Recommender`'s ``table_``) from a frame of rows."""
+    return Recommender(half_life).fit(rows).table_
 
 
 def _numeric(rows: pd.DataFrame, column: str) -> np.ndarray:

@@ -135,15 +135,16 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
+
+from thronos_analytics.core.atomic_file import write_atomically
 
 PROVIDERS = ("claude", "gpt", "gemini", "mistral", "local")
 USE_CASES = ("coding", "research", "writing", "chat", "quantum")
@@ -416,9 +417,9 @@ def write(
     started = time.perf_counter()
     out = Path(out)
     lines, facts = simulate(cfg)
-    _atomic_write(out, _chunks(lines), progress)
+    write_atomically(out, _chunks(lines, progress))
     if truth is not None:
-        _atomic_write(Path(truth), [orjson.dumps(facts, option=orjson.OPT_INDENT_2)], None)
+        write_atomically(Path(truth), orjson.dumps(facts, option=orjson.OPT_INDENT_2))
     kinds = {kind: 0 for kind in ANOMALY_KINDS}
     for kind in facts["anomalies"].values():
         kinds[kind] += 1
@@ -960,29 +961,13 @@ def _popular_vs_best(sim: Simulation) -> dict[str, Any]:
 WRITE_CHUNK = 100_000
 
 
-def _chunks(lines: list[bytes]):
+def _chunks(lines: list[bytes], progress: Callable[[int], None] | None) -> Iterator[bytes]:
+    """The lines in chunks, telling ``progress`` how many are written so far."""
     for i in range(0, len(lines), WRITE_CHUNK):
-        chunk = lines[i : i + WRITE_CHUNK]
-        yield b"\n".join(chunk) + b"\n", len(chunk)
-
-
-def _atomic_write(path: Path, chunks, progress: Callable[[int], None] | None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    written = 0
-    try:
-        with open(tmp, "wb") as f:
-            for chunk in chunks:
-                data, count = chunk if isinstance(chunk, tuple) else (chunk, 0)
-                f.write(data)
-                written += count
-                if progress is not None and count:
-                    progress(written)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if progress is not None and written == 0:
+        yield b"\n".join(lines[i : i + WRITE_CHUNK]) + b"\n"
+        if progress is not None:
+            progress(min(i + WRITE_CHUNK, len(lines)))
+    if progress is not None and not lines:
         progress(0)
 
 

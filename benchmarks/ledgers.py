@@ -24,11 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from thronos_analytics.core.contract import Rejection, Row, ScoreEvent, parse_line
-
 from tests import real_ledgers
 from tests.layouts import SEED, N, Truth, write_layout, write_v4
 from tests.real_ledgers import RealTruth
+from thronos_analytics.core.contract import Rejection, Row, ScoreEvent, parse_line
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "ledgers.md"

@@ -27,6 +27,7 @@ from sklearn.cluster import KMeans
 from sklearn.ensemble import IsolationForest
 from sklearn.metrics import adjusted_rand_score, roc_auc_score
 from sklearn.preprocessing import StandardScaler
+
 from thronos_analytics.analytics.anomaly import AnomalyDetector
 from thronos_analytics.analytics.profiles import (
     aggregates_from_rows,
@@ -141,8 +142,8 @@ def scenario_table() -> str:
         ours = AnomalyDetector().fit(rows)
         quota = AnomalyDetector(contamination=0.01).fit(rows)
         for flagged in (
-            ours.score(rows) > ours.threshold_,
-            quota.score(rows) > quota.threshold_,
+            ours.predict(rows) == -1,
+            quota.predict(rows) == -1,
             spec_forest(rows)[1],
         ):
             cells.append(f"{flagged.mean():.2%}")
@@ -170,9 +171,8 @@ def incident_table() -> str:
     """Each incident kind on scenario ledgers of tests/scenarios.py (not the simulator):
     found on its entity or not, onset error, and incidents that match nothing planted; plus
     the clean ledgers and the real llmperf traces."""
-    from thronos_analytics.analytics.incidents import detect_incidents
-
     from tests import real_ledgers
+    from thronos_analytics.analytics.incidents import detect_incidents
 
     sys.path.insert(0, str(ROOT / "tests"))  # the scenarios import their siblings by name
     from scenarios import PLANTS, frame, scenario

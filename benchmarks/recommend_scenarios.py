@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from thronos_analytics.analytics.quality import detect_drops
 from thronos_analytics.analytics.recommend import HALF_LIFE, fit_recommender, rank
 from thronos_analytics.core.contract import Row, ScoreEvent, parse_line

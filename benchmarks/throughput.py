@@ -87,6 +87,7 @@ def _load_naive_model(**_: Any) -> None:
 def naive_score_one(wire: dict[str, Any]) -> None:
     """What the issue measured first: featurise one row, score it alone, store the flag."""
     import pandas as pd
+
     from thronos_analytics.core.contract import Row
 
     row = Row.from_wire(wire)
@@ -225,9 +226,8 @@ def replay(r: Any, path: Path, timeout: float) -> dict[str, Any]:
     """Backfill ``path`` and wait until every row has a flag: rows per second, end to end."""
     from thronos_analytics.core import keys
     from thronos_analytics.core.messages import send_batch
-    from thronos_analytics.producers.backfill import backfill
-
     from thronos_analytics.drain import wait_until_flagged
+    from thronos_analytics.producers.backfill import backfill
 
     before = r.hlen(keys.FLAGS)
     started = time.perf_counter()
@@ -288,11 +288,10 @@ def replay_with_cpu(
 def train_first_model(r: Any, path: Path, timeout: float) -> None:
     """Rows ingested with no model wait in PENDING; train, then drain them to scoring."""
     from thronos_analytics.core.messages import send_batch
+    from thronos_analytics.drain import wait_until_flagged
     from thronos_analytics.producers.backfill import backfill
     from thronos_analytics.workers import training
     from thronos_analytics.workers.celery_app import app
-
-    from thronos_analytics.drain import wait_until_flagged
 
     done = backfill(path, send_batch, lambda rejections: None, confirm_with=r, timeout=timeout)
     result = training.retrain(r, "anomaly", lambda: training.fit_anomaly(r, True))
@@ -339,6 +338,7 @@ def single_row_cost(r: Any, repeat: int) -> dict[str, Any]:
     import numpy as np
     import pandas as pd
     from sklearn.ensemble import IsolationForest
+
     from thronos_analytics.core import store
     from thronos_analytics.workers.scoring import current_detector
 
@@ -357,7 +357,7 @@ def single_row_cost(r: Any, repeat: int) -> dict[str, Any]:
     evidence = np.random.default_rng(0).normal(size=(10_000, detector.forest_.n_features_in_))
 
     def ours_features_and_forest() -> None:
-        detector.score([row])
+        detector.score_samples([row])
 
     def timed(fn: Callable[[], Any], n: int) -> float:
         fn()
@@ -464,6 +464,7 @@ def naive_baseline(
     import numpy as np
     import pandas as pd
     from sklearn.ensemble import IsolationForest
+
     from thronos_analytics.analytics.features import ProviderNorms, base_matrix
 
     train = rows[: min(len(rows), 20_000)]
@@ -541,9 +542,8 @@ def measure(
     from thronos_analytics.core.messages import SCORING
     from thronos_analytics.core.settings import settings
     from thronos_analytics.producers.backfill import BACKFILL_BATCH
-    from thronos_analytics.workers.celery_app import app
-
     from thronos_analytics.stack import worker_command
+    from thronos_analytics.workers.celery_app import app
 
     out: dict[str, Any] = {}
     r = store.connect(server.url)
@@ -735,9 +735,9 @@ def report(res: dict[str, Any]) -> str:
     ]
     single = res["single_row"]
     labels = {
-        "ours_features_forest_us": "ours: `AnomalyDetector.score([row])`: all features"
+        "ours_features_forest_us": "ours: `AnomalyScorer.score_samples([row])`: all features"
         " (norms, context) + compiled forest",
-        "ours_flag_us": "ours: `AnomalyDetector.flag([row])` (adds the flag dict)",
+        "ours_flag_us": "ours: `AnomalyScorer.flag([row])` (adds the flag dict)",
         "ours_forest_only_us": "ours: compiled forest only, one row",
         "sklearn_ndarray_us": "sklearn `score_samples`, one-row ndarray",
         "sklearn_frame_us": "sklearn `score_samples`, one-row DataFrame (the naive task)",

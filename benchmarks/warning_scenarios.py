@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy.stats import mannwhitneyu
+
 from thronos_analytics.analytics import quality
 
 DAY = 86_400.0

@@ -8,6 +8,8 @@ batch changes nothing.
 
 from __future__ import annotations
 
+from thronos_analytics.core import aggregates
+
 P = "thronos:"
 
 SEEN = P + "seen"  # SET of interaction ids ingested
@@ -39,7 +41,6 @@ JOIN_ROWS = P + "join:rows"
 # HASH ledger source (e.g. meta.rating) -> rows in which it was unreadable, and dropped
 DROPPED_FIELDS = P + "stats:dropped"
 EXPORT = P + "export"  # HASH: last export's path, time and duration
-BEAT_LOCK = P + "lock:beat"
 AUTOTRAIN_LOCK = P + "lock:autotrain"
 
 FLAG_STREAM_MAXLEN = 200  # entries (batches): a few MB in live use, ~70 MB in a backfill
@@ -47,16 +48,14 @@ ANOMALIES_MAXLEN = 10_000
 REJECTED_STREAM_MAXLEN = 10_000
 
 # Per-session and per-wallet aggregates live in one hash per measure, keyed by the
-# session id or wallet, so training reads each measure with a single HGETALL.
-AGG_MEASURES = ("calls", "score_sum", "score_n", "credits", "mix", "uc")
-PAIR_MEASURES = ("mix", "uc")  # keyed "<id>\t<provider>" and "<id>\t<use case>"
-AGG_SCOPES = ("session", "wallet")
+# session id or wallet, so training reads each measure with a single HGETALL. The measures
+# are defined in core/aggregates.py; pair measures are keyed "<id>\t<provider or use case>".
+AGG_MEASURES = aggregates.NAMES
+PAIR_MEASURES = aggregates.PAIRS
+AGG_SCOPES = tuple(scope for scope, _ in aggregates.SCOPES)
 SESSION_WALLET = P + "agg:session:wallet"  # HASH session -> wallet
 WALLET_SESSIONS = P + "agg:wallet:sessions"  # HASH wallet -> number of sessions
 WALLET_SESSION_SEEN = P + "agg:wallet:session_seen"  # HASH "wallet\tsession" -> 1
-
-MODEL_NAMES = ("anomaly", "profiles", "recommender", "quality", "incidents")
-
 
 def agg(scope: str, measure: str) -> str:
     """``mix`` and ``uc`` are keyed by ``"<id>\\t<provider or use case>"``; the rest by id."""

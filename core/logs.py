@@ -19,13 +19,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-import os
 import sys
 import time
 from collections.abc import Iterator
 from typing import IO, Any
 
 import orjson
+
+from thronos_analytics.core.settings import settings
 
 # The context fields a line may carry, in the order they are written.
 FIELDS = ("task", "task_id", "interaction_id", "model_version")
@@ -90,8 +91,8 @@ class ContextText(logging.Formatter):
 
 
 def wants_json(stream: IO[str]) -> bool:
-    forced = os.environ.get("THRONOS_LOG_FORMAT", "").lower()
-    if forced in ("json", "text"):
+    forced = settings().log_format
+    if forced:
         return forced == "json"
     try:
         return not stream.isatty()

@@ -16,6 +16,7 @@ import orjson
 from celery import Celery
 from kombu import Queue
 from kombu.serialization import register
+
 from thronos_analytics.core.contract import Entry, Row
 from thronos_analytics.core.settings import Settings, settings
 
@@ -112,3 +113,18 @@ def send_batch(entries: Sequence[Entry]) -> None:
         argsrepr=argsrepr,
         retry=False,
     )
+
+
+def queue_depths(config: Settings) -> dict[str, int]:
+    """Messages waiting per queue, asked of the broker (Redis or RabbitMQ) through kombu."""
+    depths = {}
+    with _sender(config).connection_for_read() as connection:
+        connection.ensure_connection(max_retries=1)
+        channel = connection.default_channel
+        for q in QUEUES:
+            try:
+                depths[q.name] = channel.queue_declare(q.name, passive=True).message_count
+            except Exception:  # not declared yet (no worker has started): none waiting
+                channel = connection.channel()
+                depths[q.name] = 0
+    return depths

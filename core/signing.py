@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
+
+from thronos_analytics.core.settings import settings
 
 MAGIC = b"THRM1"
 MAC_BYTES = 32
@@ -21,8 +22,8 @@ class ModelIntegrityError(ValueError):
 
 
 def _key() -> bytes | None:
-    key = os.environ.get("THRONOS_MODEL_KEY")
-    return key.encode() if key else None
+    key = settings().model_key
+    return key.get_secret_value().encode() if key else None
 
 
 def sign(blob: bytes) -> bytes:

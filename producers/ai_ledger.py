@@ -5,7 +5,7 @@ slow or absent Redis never delays or fails the AI request that records the row; 
 could not send are resent when Redis is back, and are in the ledger for ``backfill`` if
 the process dies first.
 
-    >>> from producers.ai_ledger import record_interaction
+    >>> from thronos_analytics.producers.ai_ledger import record_interaction
     >>> row = record_interaction("claude", "claude-sonnet", prompt="...", output="...",
     ...                          session_id="s1", wallet="w1", credits_used=1.5, score=0.9,
     ...                          meta={"use_case": "coding", "latency_ms": 1800})  # doctest: +SKIP
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
 from thronos_analytics.core.contract import Row, RowError, normalise
 from thronos_analytics.core.settings import settings
 from thronos_analytics.producers.emit import Outbox

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
 from thronos_analytics.core import store
 from thronos_analytics.core.contract import Entry, Rejection
 from thronos_analytics.producers.receipts import MAX_WAITING_ROWS, Receipts

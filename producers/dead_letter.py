@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
+
 from thronos_analytics.core import store
 from thronos_analytics.core.contract import Rejection
 

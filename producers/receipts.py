@@ -23,10 +23,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from thronos_analytics.core import keys, store
-from thronos_analytics.core.contract import Entry, Row
-from thronos_analytics.core.messages import SCORING, is_amqp
-from thronos_analytics.core.settings import settings
+from thronos_analytics.core import store
+from thronos_analytics.core.contract import Entry
+from thronos_analytics.core.messages import SCORING, is_amqp, queue_depths
+from thronos_analytics.core.settings import Settings, settings
 
 log = logging.getLogger(__name__)
 CHECK_EVERY_S = 1.0
@@ -42,10 +42,16 @@ class Sent:
 
 
 class Receipts:
-    def __init__(self, redis: store.Redis, send: Callable[[Sequence[Entry]], None]) -> None:
+    def __init__(
+        self,
+        redis: store.Redis,
+        send: Callable[[Sequence[Entry]], None],
+        config: Settings | None = None,
+    ) -> None:
         self.redis = redis
         self.send = send
-        self.resend_after = None if is_amqp(settings().broker_url) else RESEND_AFTER_S
+        self.config = config or settings()
+        self.resend_after = None if is_amqp(self.config.broker_url) else RESEND_AFTER_S
         self.sent: deque[Sent] = deque()
         self.waiting = 0  # rows sent and not yet seen by Redis
         self.redis_id: str | None = None  # Redis's run_id: it changes when Redis restarts
@@ -73,7 +79,7 @@ class Receipts:
         now = time.monotonic()
         if not self.outage and now < self.last_check + every:
             return
-        redis_id = self.redis.info("server")["run_id"]
+        redis_id = store.run_id(self.redis)
         if self.outage or self.redis_id not in (None, redis_id):
             resent = self._resend(list(self.sent), now)
             log.warning("Redis was away: sent again the %d rows it had not seen", resent)
@@ -83,7 +89,11 @@ class Receipts:
         overdue = []
         if self.resend_after is not None:
             overdue = [s for s in self.sent if now - s.at >= self.resend_after]
-        if overdue and not self.redis.llen(SCORING) and (resent := self._resend(overdue, now)):
+        if (
+            overdue
+            and not queue_depths(self.config)[SCORING]
+            and (resent := self._resend(overdue, now))
+        ):
             log.warning("%d rows were lost on their way to scoring; sent them again", resent)
         self.last_check = now
 
@@ -117,13 +127,4 @@ class Receipts:
         return resent
 
     def _missing(self, sent: Sent) -> list[Entry]:
-        if not sent.rows:
-            return []
-        rows = [e for e in sent.rows if type(e) is Row]
-        events = [e for e in sent.rows if type(e) is not Row]
-        missing: list[Entry] = []
-        for entries, key in ((rows, keys.SEEN), (events, keys.SCORE_EVENTS)):
-            if entries:
-                seen = self.redis.smismember(key, [e.id for e in entries])
-                missing += [e for e, present in zip(entries, seen, strict=True) if not present]
-        return missing
+        return store.unseen(self.redis, sent.rows) if sent.rows else []

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import orjson
+
 from thronos_analytics.core import store
 from thronos_analytics.core.atomic_file import write_atomically
 from thronos_analytics.core.contract import Entry, Rejection, Row, ScoreEvent, parse_line

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
-from thronos_analytics.core.messages import SCORING, TRAINING
 
+from thronos_analytics.core.messages import SCORING, TRAINING
 from thronos_analytics.stack import RedisServer, free_port, worker_command
+
+from processes import stop_all, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 # The Celery app reads REDIS_URL when first imported, so the test Redis's address is fixed
@@ -77,27 +78,22 @@ class Workers:
         """Until every started worker answers a ping."""
         from thronos_analytics.workers.celery_app import app
 
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ready() -> bool:
             try:
                 replies = app.control.ping(timeout=0.5) or []
             except Exception:  # a connection left stale by a Redis restart: ping again
-                continue
+                return False
             names = {name.split("@")[0] for reply in replies for name in reply}
-            if set(self.processes) <= names:
-                return
-        raise TimeoutError(f"workers not ready: {sorted(self.processes)}")
+            return set(self.processes) <= names
+
+        def waited_for() -> str:
+            exited = {n: p.returncode for n, p in self.processes.items() if p.poll() is not None}
+            return f"workers ready: {sorted(self.processes)}; exited (code): {exited}"
+
+        wait_for(ready, timeout, waited_for)
 
     def stop(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_all(self.processes.values())
 
 
 @pytest.fixture
@@ -108,3 +104,13 @@ def workers(env: dict, r: redis.Redis) -> Iterator[Workers]:
 
 
 __all__ = ["SCORING", "TRAINING", "Workers"]
+
+
+@pytest.fixture(autouse=True)
+def _settings_from_this_tests_environment() -> Iterator[None]:
+    """Settings are read once per process: a test that sets a variable reads them again."""
+    from thronos_analytics.core.settings import use_settings
+
+    use_settings(None)
+    yield
+    use_settings(None)

@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 import pandas as pd
+
 from thronos_analytics.core.contract import Row
 
 N = 3000

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import base64
-import time
 from pathlib import Path
 
 import orjson
 import pytest
+
 from thronos_analytics.core import keys
 from thronos_analytics.core.contract import Row, parse_line
 from thronos_analytics.core.messages import SCORING
@@ -48,14 +48,6 @@ def assert_aggregates_match_ledger(r, rows: list[Row]) -> None:
         for key, (calls, credits, score_sum) in expected.items():
             assert actual[key][0] == calls, (scope, key)
             assert actual[key][1:] == pytest.approx((credits, score_sum), rel=1e-9, abs=1e-9)
-
-
-def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
 
 
 def assert_published_once(r, n: int) -> None:

@@ -51,6 +51,7 @@ from layouts import (
     server_line,
     spec_line,
 )
+
 from thronos_analytics.core.contract import Row, parse_line
 
 ROWS = 30_000

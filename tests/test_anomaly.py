@@ -8,10 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
+
 from thronos_analytics.analytics import features
 from thronos_analytics.analytics.anomaly import AnomalyDetector
 from thronos_analytics.analytics.features import (
     BASE,
+    BY_LENGTH,
     LOG_SCALED,
     LOW_SIDE_ONLY,
     REFINED_BY,
@@ -95,9 +97,10 @@ def test_fresh_context_overrides_stored_counts(planted) -> None:
         True,
     )
     context = [{"session": {"claude": 30}, "wallet": {"claude": 60}}]
-    with_context = detector.score([odd], context)[0]
-    without = detector.score([odd])[0]
-    assert with_context > without
+    # score_samples is lower for stranger rows, as in scikit-learn.
+    with_context = detector.score_samples([odd], context)[0]
+    without = detector.score_samples([odd])[0]
+    assert with_context < without
 
 
 def test_the_default_flags_by_evidence_level_not_by_share(planted) -> None:
@@ -153,6 +156,10 @@ def reference(detector: AnomalyDetector, rows: list[Row], context: list | None):
             if found:
                 level[i, j], entry = found[0]
                 median[i, j], scale[i, j] = norms.median[j][entry], norms.scale[j][entry]
+                # Latency and credits: the norm at the row's log length, from the least.
+                slope, pivot, least = norms.length[j][entry]
+                if BY_LENGTH[j] and not np.isnan(base[i, 0]):
+                    median[i, j] += slope * (max(base[i, 0], least) - pivot)
     z = (base - median) / scale
     distance = np.nan_to_num(np.where(LOW_SIDE_ONLY, -z, np.abs(z)), nan=0.0)
 
@@ -214,12 +221,12 @@ def test_one_row_at_a_time_flags_as_in_a_batch(planted, odd) -> None:
     rows, contexts = odd
     for context in (None, contexts):
         batch = detector.flag(rows, context)
-        scores = detector.score(rows, context)
+        scores = detector.score_samples(rows, context)
         assert any(f["is_anomaly"] for f in batch)
         for i, row in enumerate(rows):
             one = [context[i]] if context else None
             assert detector.flag([row], one) == [batch[i]]
-            assert detector.score([row], one)[0] == scores[i]
+            assert detector.score_samples([row], one)[0] == scores[i]
 
 
 def test_norm_memory_is_bounded_and_changes_nothing(planted, odd, monkeypatch) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import orjson
 import pytest
 import redis
+
 from thronos_analytics.analytics.simulate import SimConfig, write
 from thronos_analytics.core import keys, store
 from thronos_analytics.core.contract import Row, parse_line
@@ -27,6 +28,7 @@ from thronos_analytics.producers.emit import Outbox
 from thronos_analytics.producers.receipts import Receipts
 from thronos_analytics.producers.tail import TailProducer
 
+from processes import wait_for
 from recount import assert_published_once, ledger_rows, queued_batches
 
 
@@ -125,7 +127,7 @@ def append_lines(ledger: Path, lines: list[bytes], chunks: int) -> None:
     for start in range(0, len(lines), size):
         with ledger.open("ab") as f:
             f.write(b"".join(line + b"\n" for line in lines[start : start + size]))
-        time.sleep(0.005)
+        time.sleep(0.005)  # paces the writes: the tail meets the ledger in many states
 
 
 @contextmanager
@@ -159,9 +161,7 @@ def test_tail_sends_every_line_once_in_small_batches(r, env, tmp_path):
     lines = simulated_lines(tmp_path, 2000, seed=24)
     with tailing(tmp_path, batch_size=25, linger_ms=1) as (ledger, send):
         append_lines(ledger, lines, chunks=40)
-        deadline = time.monotonic() + 60
-        while sum(map(len, send.batches)) < len(lines) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: sum(map(len, send.batches)) >= len(lines), what="every line sent")
     queued = queued_batches(r)
     assert queued == send.batches
     ids = [i for batch in queued for i in batch]
@@ -173,9 +173,7 @@ def test_tail_sends_a_lone_line_as_a_batch_of_one(r, env, tmp_path):
     with tailing(tmp_path, batch_size=500, linger_ms=1) as (ledger, send):
         line = orjson.dumps({"id": "lone", "ts": 1772366400, "provider": "claude"})
         append_lines(ledger, [line], chunks=1)
-        deadline = time.monotonic() + 10
-        while not send.batches and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: send.batches, timeout=10, what="the lone line sent")
     assert send.batches == [["lone"]]
 
 
@@ -202,9 +200,10 @@ def scoring_with_model(r, env, workers, tmp_path):
 
 
 def wait_for_flags(r, n: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while r.hlen(keys.FLAGS) < n and time.monotonic() < deadline:
-        time.sleep(0.05)
+    def flagged() -> int:
+        return r.hlen(keys.FLAGS)
+
+    wait_for(lambda: flagged() >= n, timeout, lambda: f"{n} flags, {flagged()} so far")
 
 
 def assert_each_flagged_once(r, seed_rows: list[Row], rows: list[Row]) -> None:
@@ -251,7 +250,7 @@ def test_window_reads_only_what_was_added_and_still_equals_a_full_read(
             store.apply_batch(r, part[start : start + 70], None)
 
     def full_read(limit: int) -> list[Row]:
-        store._window_reads.clear()
+        store.window._window_reads.clear()
         return store.window_rows(r, limit)
 
     add(rows[:300])
@@ -287,9 +286,7 @@ def test_tail_sends_again_the_rows_a_redis_outage_lost(r, scoring_with_model, tm
 
     with tailing(tmp_path, 100, linger_ms=1, send=lossy, confirm_with=r) as (ledger, _):
         append_lines(ledger, lines[:100], chunks=1)
-        deadline = time.monotonic() + 10
-        while not calls and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: calls, timeout=10, what="the first batch taken")
         append_lines(ledger, lines[100:], chunks=1)
         wait_for_flags(r, len(scoring_with_model) + len(rows))
     assert_each_flagged_once(r, scoring_with_model, rows)
@@ -307,7 +304,7 @@ def test_a_backlog_is_not_sent_again_but_a_batch_lost_from_an_empty_queue_is(
     receipts.check()  # overdue, but still queued: no worker has taken them yet
     assert queued_batches(r) == [[row.id for row in rows[:120]], [row.id for row in rows[120:]]]
     r.delete(SCORING)  # a worker took both and died before kombu recorded them
-    time.sleep(receipts_module.CHECK_EVERY_S)
+    time.sleep(receipts_module.CHECK_EVERY_S)  # check() runs at most once in this long
     receipts.check()
     assert sorted(map(len, queued_batches(r))) == [80, 120]
     assert receipts.waiting == len(rows)

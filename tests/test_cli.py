@@ -10,10 +10,13 @@ import sys
 import time
 
 import orjson
+
 from thronos_analytics.analytics.simulate import SimConfig, write
 from thronos_analytics.core import keys
 from thronos_analytics.core.contract import Row, parse_line
 from thronos_analytics.core.messages import SCORING
+
+from processes import stop, wait_for
 
 CLI = [sys.executable, "-m", "thronos_analytics.cli"]
 
@@ -107,16 +110,16 @@ def test_worker_logs_json_lines_with_task_and_model_version(env, r, tmp_path):
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
+
+    def scored() -> bool:
+        assert worker.poll() is None, worker.stderr.read().decode()[-3000:]
+        return r.hlen(keys.FLAGS) >= len(rows)
+
     try:
         send_batch(rows)
-        deadline = time.monotonic() + 120
-        while r.hlen(keys.FLAGS) < len(rows):
-            assert worker.poll() is None, worker.stderr.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "rows not scored"
-            time.sleep(0.1)
+        wait_for(scored, timeout=120, what="rows scored")
     finally:
-        worker.terminate()
-        _, stderr = worker.communicate(timeout=60)
+        _, stderr = stop(worker, timeout=60)
     lines = [orjson.loads(line) for line in stderr.splitlines() if line.startswith(b"{")]
     assert lines, stderr.decode()[-3000:]
     assert all({"ts", "level", "logger", "msg"} <= line.keys() for line in lines)
@@ -149,7 +152,8 @@ def test_status_fits_a_screen_and_keeps_its_json_keys(env, r):
     new |= {"score_events", "score_events_joined", "score_events_orphaned", "dropped_fields"}
     new |= {"state_warning"}
     assert old | new <= report.keys()
-    assert set(report["models"]["anomaly"]) == {"version", "age_s", "n_samples", "last_failure"}
+    model_keys = {"version", "age_s", "n_samples", "duration_s", "last_failure"}
+    assert set(report["models"]["anomaly"]) == model_keys
 
 
 def test_flags_prints_the_newest_flags_across_batches_oldest_first(env, r, tmp_path):

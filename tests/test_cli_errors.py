@@ -23,14 +23,14 @@ from pathlib import Path
 
 import orjson
 import pytest
+
 from thronos_analytics.analytics.simulate import SimConfig, write
 from thronos_analytics.core import keys
 from thronos_analytics.core.contract import Rejection, Row, parse_line
 from thronos_analytics.core.messages import SCORING
-
 from thronos_analytics.stack import STATE_FILE, free_port
 
-from recount import wait_for
+from processes import stop, wait_for
 
 CLI = [sys.executable, "-m", "thronos_analytics.cli"]
 
@@ -224,6 +224,7 @@ def test_flags_id_prints_that_flag_or_says_there_is_none(env, r, ledger):
 
 def analytics_file(data: Path) -> None:
     import pandas as pd
+
     from thronos_analytics.analytics.recommend import fit_recommender
 
     rows = [("coding", "claude", f"w{i % 5}", 0.85, 2000.0, 4.0) for i in range(50)]
@@ -350,9 +351,8 @@ class Terminal:
                 return
 
     def stop(self, timeout: float = 60) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-        code = self.process.wait(timeout)
+        stop(self.process, sig=signal.SIGINT, timeout=timeout)
+        code = self.process.returncode
         self.thread.join(5)
         os.close(self.leader)
         return code
@@ -391,8 +391,7 @@ def test_a_running_stack_is_found_from_its_data_dir_alone(env, tmp_path, ledger)
             assert f"following {other} from the top" in first_line, first_line
             wait_for(lambda: status()["interactions_seen"] == rows + 20, what="tailed rows")
         finally:
-            follower.send_signal(signal.SIGINT)
-            follower.communicate(timeout=30)
+            stop(follower, sig=signal.SIGINT, timeout=30)
         assert follower.returncode == 0
         wait_for(lambda: b"seen " + f"{rows + 20:,}".encode() in stack.output, what="screen")
     finally:

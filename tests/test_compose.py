@@ -27,6 +27,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
 from thronos_analytics.core import keys
 
 ROOT = Path(__file__).resolve().parents[1]

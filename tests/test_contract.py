@@ -8,6 +8,7 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from thronos_analytics.core.contract import (
     MAX_LINE_BYTES,
     Rejection,

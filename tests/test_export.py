@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import orjson
+
 from thronos_analytics.core import keys
 from thronos_analytics.workers import export
 

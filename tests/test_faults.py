@@ -19,17 +19,14 @@ from pathlib import Path
 
 import orjson
 import pytest
+
 from thronos_analytics.analytics.simulate import SimConfig, write
 from thronos_analytics.core import keys
 from thronos_analytics.core.messages import SCORING, TRAINING, send_batch
 from thronos_analytics.producers.backfill import backfill
 
-from recount import (
-    assert_aggregates_match_ledger,
-    assert_published_once,
-    ledger_rows,
-    wait_for,
-)
+from processes import stop, stop_all, wait_for
+from recount import assert_aggregates_match_ledger, assert_published_once, ledger_rows
 
 # Redeliver a dead worker's messages after 4 s, and train only when a test says so.
 WORKER_ENV = {"THRONOS_VISIBILITY_TIMEOUT": "4", "THRONOS_MIN_TRAIN_ROWS": str(10**9)}
@@ -116,7 +113,7 @@ def test_redis_restart_mid_stream_loses_nothing_and_everyone_reconnects(
         redis_server.stop()  # graceful: the AOF is flushed, as in a restart
         with ledger.open("ab") as f:  # the ledger keeps growing while Redis is away
             f.writelines(lines[3000:])
-        time.sleep(2)
+        wait_for(lambda: tail.receipts.outage, what="the tail producer to meet the outage")
         redis_server.start()
         wait_for(lambda: r.hlen(keys.FLAGS) == len(rows), timeout=180, what="every row scored")
     finally:
@@ -148,7 +145,7 @@ def test_redis_down_30s_while_recording(env, r, workers, redis_server, tmp_path)
         during.append(recorder.record(provider="gpt", score=0.7, wallet="w", id=f"b{i}"))
         slowest = max(slowest, time.monotonic() - started)
         i += 1
-        time.sleep(0.02)
+        time.sleep(0.02)  # paces the records over the whole outage, as an app's calls come
     redis_server.start()
 
     assert slowest < 1.0, f"a record_interaction call took {slowest:.2f}s during the outage"
@@ -180,8 +177,7 @@ def test_producer_killed_mid_batch_resumes_from_its_checkpoint(env, r, workers, 
         producer = subprocess.Popen(command, env={**env, "THRONOS_BATCH_SIZE": "200"})
         wait_for(lambda: r.hlen(keys.FLAGS) == len(rows), timeout=180, what="every row scored")
     finally:
-        producer.kill()
-        producer.wait()
+        stop(producer, sig=signal.SIGKILL)
     assert orjson.loads(checkpoint.read_bytes())["offset"] == ledger.stat().st_size
     assert_scored_exactly_once(r, rows)
 
@@ -197,12 +193,10 @@ def test_two_beats_schedule_each_period_once(env, r, tmp_path):
     try:
         wait_for(lambda: r.llen(TRAINING) >= 1, what="the first scheduled task")
         start = r.llen(TRAINING)
-        time.sleep(8)
+        time.sleep(8)  # the beats' periods are what is counted: eight of them pass
         sent = r.llen(TRAINING) - start
     finally:
-        for beat in beats:
-            os.killpg(beat.pid, signal.SIGTERM)
-            beat.wait(20)
+        stop_all(beats)
     # One beat sends ~8 tasks in 8 s at one per second; two unlocked beats would send ~16.
     assert 5 <= sent <= 10, sent
     assert all(b"thronos.refresh_analytics" in m for m in r.lrange(TRAINING, 0, -1))
@@ -215,7 +209,8 @@ def test_bad_model_is_refused_and_scoring_goes_on_with_the_last_good_one(env, r,
     write(SimConfig(rows=3000, seed=14), ledger)
     rows = ledger_rows(ledger)
     workers.start("scoring1", SCORING, extra_env=WORKER_ENV)
-    workers.start("training", TRAINING, extra_env={**WORKER_ENV, "THRONOS_ANOMALY_LEVEL": "-1"})
+    # An evidence level so low that nearly every row is flagged: training refuses that model.
+    workers.start("training", TRAINING, extra_env={**WORKER_ENV, "THRONOS_ANOMALY_LEVEL": "1e-9"})
     workers.wait_ready()
 
     # A good model, published the way training publishes it.
@@ -228,7 +223,7 @@ def test_bad_model_is_refused_and_scoring_goes_on_with_the_last_good_one(env, r,
     send_batch(rows[:1000])
     wait_for(lambda: r.hlen(keys.FLAGS) == 1000, what="first flags")
 
-    # 1. A retrain that crashes (an invalid anomaly level) publishes nothing and says why.
+    # 1. A retrain whose model is refused publishes nothing and says why.
     failed = retrain_anomaly.delay(force=True).get(timeout=120)
     assert "error" in failed and r.get(keys.model_current("anomaly")).decode() == good
     # 2. A published artifact that is corrupt (or tampered) is refused by the workers.
@@ -251,11 +246,16 @@ def test_bad_model_is_refused_and_scoring_goes_on_with_the_last_good_one(env, r,
 
 def test_tampered_model_is_refused_with_a_clear_error(env, r, monkeypatch, tmp_path):
     from thronos_analytics.analytics.anomaly import AnomalyDetector
-    from thronos_analytics.core import store
+    from thronos_analytics.core import signing, store
+    from thronos_analytics.core.settings import use_settings
     from thronos_analytics.core.signing import ModelIntegrityError
 
+    def model_key(value: str) -> None:
+        monkeypatch.setenv("THRONOS_MODEL_KEY", value)
+        use_settings(None)  # settings are read once per process: read them again
+
     rows = ledger_rows(write_small(tmp_path))
-    monkeypatch.setenv("THRONOS_MODEL_KEY", "k" * 32)
+    model_key("k" * 32)
     version = store.publish_model(r, "anomaly", AnomalyDetector().fit(rows).to_bytes(), {})
     assert store.current_model(r, "anomaly") is not None
     blob = bytearray(r.get(keys.model_blob("anomaly", version)))
@@ -263,9 +263,9 @@ def test_tampered_model_is_refused_with_a_clear_error(env, r, monkeypatch, tmp_p
     r.set(keys.model_blob("anomaly", version), bytes(blob))
     with pytest.raises(ModelIntegrityError, match=f"anomaly model {version} failed its HMAC"):
         store.current_model(r, "anomaly")
-    monkeypatch.setenv("THRONOS_MODEL_KEY", "another key")
-    r.set(keys.model_blob("anomaly", version), store.signing.sign(b"x"))
-    monkeypatch.setenv("THRONOS_MODEL_KEY", "k" * 32)
+    model_key("another key")
+    r.set(keys.model_blob("anomaly", version), signing.sign(b"x"))
+    model_key("k" * 32)
     with pytest.raises(ModelIntegrityError, match="HMAC"):
         store.current_model(r, "anomaly")
 

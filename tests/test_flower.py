@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -13,10 +12,12 @@ from collections.abc import Iterator
 import orjson
 import pytest
 from test_report import chromium
+
 from thronos_analytics.analytics.simulate import SimConfig, simulate
 from thronos_analytics.core.messages import SCORING
-
 from thronos_analytics.stack import free_port
+
+from processes import stop, wait_for
 
 LOGIN = "test:secret"
 
@@ -30,14 +31,6 @@ def get(url: str, login: str | None = None) -> tuple[int, bytes]:
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
-
-
-def wait_for(predicate, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
-    return value
 
 
 @pytest.fixture
@@ -58,11 +51,10 @@ def flower(env, workers) -> Iterator[str]:
             return False
 
     try:
-        wait_for(up)
+        wait_for(up, what="flower's healthcheck", interval=0.2)
         yield url
     finally:
-        process.terminate()
-        process.wait(20)
+        stop(process)
 
 
 def test_flower_refuses_to_start_without_a_login(env):
@@ -100,7 +92,7 @@ def test_flower_lists_workers_and_tasks_behind_basic_auth(env, workers, flower, 
         found = orjson.loads(body)
         return found if any(name.startswith("scoring1@") for name in found) else {}
 
-    found = wait_for(listed)
+    found = wait_for(listed, what="scoring1 listed", interval=0.2)
     name = next(n for n in found if n.startswith("scoring1@"))
     assert SCORING in {q["name"] for q in found[name]["active_queues"]}
 
@@ -116,7 +108,7 @@ def test_flower_lists_workers_and_tasks_behind_basic_auth(env, workers, flower, 
         tasks = orjson.loads(body)
         return {k: t for k, t in tasks.items() if t.get("state") == "SUCCESS"}
 
-    assert wait_for(task_seen)
+    assert wait_for(task_seen, what="a successful score_batch", interval=0.2)
 
     # The dashboard renders in a browser, logged in, and shows the worker.
     host = flower.removeprefix("http://")

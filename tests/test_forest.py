@@ -16,6 +16,7 @@ from hypothesis.extra.numpy import arrays
 from packaging.version import Version
 from sklearn.ensemble import IsolationForest
 from sklearn.exceptions import NotFittedError
+
 from thronos_analytics.analytics import forest as forest_module
 from thronos_analytics.analytics.forest import CompiledForest
 

@@ -11,13 +11,14 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+
 from thronos_analytics.core import keys
 from thronos_analytics.core.contract import Rejection, Row, ScoreEvent, parse_line
 from thronos_analytics.core.messages import SCORING, TRAINING, send_batch
 from thronos_analytics.producers.dead_letter import DeadLetter
 from thronos_analytics.producers.tail import TailProducer
 
-from recount import wait_for
+from processes import wait_for
 
 NUMBERS = (
     st.integers(-(2**70), 2**70)

@@ -24,11 +24,14 @@ import real_ledgers
 import scenarios
 from scenarios import PLANTS, Planted, frame, scenario
 from test_layouts import drain
+
 from thronos_analytics.analytics import incidents as module
 from thronos_analytics.analytics.incidents import KINDS, detect_incidents
 from thronos_analytics.core import keys
 from thronos_analytics.core.contract import Row, parse_line
 from thronos_analytics.core.metrics import INCIDENT_KINDS, RedisCollector
+from thronos_analytics.core.settings import settings
+from thronos_analytics.workers import registry
 from thronos_analytics.workers.export import SCHEMA_PATH
 
 HOUR = 3600.0
@@ -199,7 +202,8 @@ def test_a_drain_exports_every_kind_with_its_entity_and_onset(env, r, tmp_path):
     stored = {k.decode(): orjson.loads(v) for k, v in r.hgetall(keys.INCIDENTS).items()}
     assert set(stored) == {i["key"] for i in exported}
     assert all(i["first_reported_at"] > 0 for i in stored.values())
-    (gauge,) = [m for m in RedisCollector(r).collect() if m.name == "thronos_incidents_active"]
+    collector = RedisCollector(r, settings(), registry.NAMES)
+    (gauge,) = [m for m in collector.collect() if m.name == "thronos_incidents_active"]
     counts = {sample.labels["kind"]: sample.value for sample in gauge.samples}
     assert set(counts) == set(KINDS)
     assert counts == {k: sum(i["active"] and i["kind"] == k for i in exported) for k in KINDS}

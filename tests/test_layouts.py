@@ -30,6 +30,7 @@ from layouts import (
     write_spec,
     write_v4,
 )
+
 from thronos_analytics.core import contract, keys
 from thronos_analytics.workers.export import SCHEMA_PATH
 

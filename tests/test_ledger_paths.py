@@ -14,12 +14,14 @@ from pathlib import Path
 
 import orjson
 import pytest
+
 from thronos_analytics.analytics.simulate import SimConfig, write
 from thronos_analytics.core import keys
 from thronos_analytics.core.messages import SCORING, TRAINING
 from thronos_analytics.core.settings import Settings
 
-from recount import ledger_rows, wait_for
+from processes import stop, wait_for
+from recount import ledger_rows
 
 CLI = [sys.executable, "-m", "thronos_analytics.cli"]
 
@@ -62,7 +64,8 @@ def test_thronos_ledger_lists_paths_and_says_whether_the_user_named_them(monkeyp
     assert config.ledgers == (tmp_path / "a.jsonl", tmp_path / "b.jsonl")
     assert config.ledger_named and config.ledger == tmp_path / "a.jsonl"
     # The command line wins over the environment; one file named twice is followed once.
-    flags = Settings.from_env([tmp_path / "c.jsonl", tmp_path / "x" / ".." / "c.jsonl"])
+    twice = [tmp_path / "c.jsonl", tmp_path / "x" / ".." / "c.jsonl"]
+    flags = Settings.from_env().with_ledgers(twice)
     assert flags.ledgers == (tmp_path / "c.jsonl",) and flags.ledger_named
 
     monkeypatch.delenv("THRONOS_LEDGER")
@@ -217,8 +220,7 @@ def test_tail_follows_each_ledger_from_its_own_checkpoint(env, r, workers, tmp_p
         wait_for(lambda: r.hlen(keys.FLAGS) == total, timeout=120, what="the late ledger")
         wait_for(lambda: caught_up(a, b, later), what="its checkpoint")
     finally:
-        tail.send_signal(signal.SIGINT)
-        _, err = tail.communicate(timeout=30)
+        _, err = stop(tail, sig=signal.SIGINT, timeout=30)
     assert tail.returncode == 0 and b"Traceback" not in err, err.decode()[-2000:]
     # Three checkpoints, each with its own file's line count.
     for ledger in (a, b, later):

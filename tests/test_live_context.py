@@ -5,6 +5,7 @@ through the scoring code the workers run."""
 from __future__ import annotations
 
 import orjson
+
 from thronos_analytics.analytics.anomaly import AnomalyDetector
 from thronos_analytics.analytics.simulate import SimConfig, simulate
 from thronos_analytics.core import keys, store

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import jsonschema
 import orjson
+
 from thronos_analytics.analytics.simulate import SimConfig, write
 from thronos_analytics.core import keys
 from thronos_analytics.core.messages import SCORING, TRAINING
 from thronos_analytics.workers.export import SCHEMA_PATH
 
-from recount import assert_aggregates_match_ledger, ledger_rows, redis_contents, wait_for
+from processes import wait_for
+from recount import assert_aggregates_match_ledger, ledger_rows, redis_contents
 
 
 def drain(env: dict, *args: str) -> dict:
@@ -90,7 +92,7 @@ def test_retrained_model_reaches_running_workers(env, r, workers, tmp_path):
     send_batch(rows[:600])
     wait_for(lambda: r.llen(keys.PENDING) == 600)  # no model yet: the rows wait
     first = retrain_anomaly.delay(force=True).get(timeout=120)
-    assert first["drained"] == 600
+    assert first.get("drained") == 600, first
     wait_for(lambda: r.hlen(keys.FLAGS) == 600)
     versions = {orjson.loads(v)["model_version"] for v in r.hvals(keys.FLAGS)}
     assert versions == {first["version"]}

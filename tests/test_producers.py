@@ -8,6 +8,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+
 from thronos_analytics.core.contract import Rejection, Row
 from thronos_analytics.producers.ai_ledger import Ledger, LedgerWriteError, Recorder
 from thronos_analytics.producers.tail import Position, TailProducer

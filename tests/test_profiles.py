@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 from sklearn.metrics import adjusted_rand_score
+
 from thronos_analytics.analytics import profiles as profiles_module
 from thronos_analytics.analytics.profiles import aggregates_from_rows, fit_profiles
 from thronos_analytics.analytics.simulate import SimConfig, simulate

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from layouts import START, frame
+
 from thronos_analytics.analytics.quality import (
     cusum_threshold,
     detect_drops,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+
 from thronos_analytics.analytics.simulate import SimConfig, write
 from thronos_analytics.core import keys
 from thronos_analytics.core.messages import QUEUES, queues_for

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 import pytest
+
 from thronos_analytics.analytics.quality import detect_drops
 from thronos_analytics.analytics.recommend import explain_empty, fit_recommender, rank, suggestions
 

@@ -14,8 +14,11 @@ import orjson
 import pytest
 from layouts import write_v4
 from test_store import assert_state_matches, flags_for
+
 from thronos_analytics.core import keys, store
 from thronos_analytics.core.contract import Row, ScoreEvent, parse_line
+
+from processes import stop, wait_for
 
 USE_CASES = ("coding", "research", "writing")
 
@@ -143,16 +146,15 @@ def test_a_score_event_line_is_read_as_one_and_any_field_it_cannot_read_is_dropp
 def wait_for_export(path: Path, ready, timeout: float = 180) -> dict:
     """The first export written after now that satisfies ``ready``."""
     since = time.time()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def written() -> dict | None:
         try:
             document = orjson.loads(path.read_bytes())
         except (FileNotFoundError, orjson.JSONDecodeError):
-            document = None
-        if document and document["generated_at"] > since and ready(document):
-            return document
-        time.sleep(0.2)
-    raise TimeoutError(f"no export at {path} met the condition within {timeout:.0f}s")
+            return None
+        return document if document["generated_at"] > since and ready(document) else None
+
+    return wait_for(written, timeout, f"an export at {path} that meets the condition", 0.2)
 
 
 def test_a_score_event_an_hour_late_changes_the_next_export_and_a_replay_changes_nothing(
@@ -225,18 +227,15 @@ def test_a_score_event_an_hour_late_changes_the_next_export_and_a_replay_changes
         assert done.returncode == 0, done.stderr.decode()[-2000:]
         # Every replayed event reached the script, which applied none of them again.
         repeats = len(late) + len(events) + len(late)
-        deadline = time.monotonic() + 120
-        while int(r.hget(keys.STATS, "score_events_repeated") or 0) < repeats:
-            assert time.monotonic() < deadline, "the replayed events never reached a worker"
-            time.sleep(0.1)
+        wait_for(
+            lambda: int(r.hget(keys.STATS, "score_events_repeated") or 0) >= repeats,
+            timeout=120,
+            what="the replayed events to reach a worker",
+        )
         assert int(r.hget(keys.STATS, "score_events_repeated")) == repeats
         replayed = wait_for_export(path, lambda d: True)
         assert replayed["stats"] == after["stats"]
         again = replayed["recommendations"]["model"]["use_cases"][use_case][provider]
         assert (again["n"], again["score"]) == (new["n"], new["score"])
     finally:
-        stack.send_signal(signal.SIGINT)
-        try:
-            stack.wait(60)
-        except subprocess.TimeoutExpired:
-            stack.kill()
+        stop(stack, sig=signal.SIGINT, timeout=60)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+
 from thronos_analytics.analytics.simulate import (
     ANOMALY_KINDS,
     BAD_KINDS,

@@ -22,8 +22,8 @@ import orjson
 import psutil
 import pytest
 import redis
-from thronos_analytics.analytics.simulate import SimConfig, write
 
+from thronos_analytics.analytics.simulate import SimConfig, write
 from thronos_analytics.stack import (
     REDIS_PIN_FILE,
     STATE_FILE,
@@ -37,7 +37,7 @@ from thronos_analytics.stack import (
     running_stack,
 )
 
-from recount import wait_for
+from processes import stop, wait_for
 
 CLI = [sys.executable, "-m", "thronos_analytics.cli"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,9 +150,7 @@ class Run:
         return StackState.from_json((self.data_dir / STATE_FILE).read_bytes())
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(60)
+        stop(self.process, timeout=60)
 
 
 @pytest.fixture
@@ -186,14 +184,20 @@ def test_any_signal_to_run_stops_every_process_of_the_stack(
             worker = next(p for p in tree if "scoring" in " ".join(p.cmdline()) and pool_of(p))
             worker.kill()
         run.process.send_signal(signum)
-        deadline = time.monotonic() + 30
-        while left := [p for p in tree if alive(p)] + [
-            p for p in stack_processes(run.data_dir, state.ports["redis"]) if p not in tree
-        ]:
-            assert time.monotonic() < deadline, f"left 30 s after {signum.name}: " + "; ".join(
-                map(describe, left)
-            )
-            time.sleep(0.05)
+
+        def left() -> list[psutil.Process]:
+            return [p for p in tree if alive(p)] + [
+                p for p in stack_processes(run.data_dir, state.ports["redis"]) if p not in tree
+            ]
+
+        wait_for(
+            lambda: not left(),
+            timeout=30,
+            what=lambda: (
+                f"every process gone after {signum.name}, but left: "
+                + "; ".join(map(describe, left()))
+            ),
+        )
         code = run.process.wait(10)
     finally:
         run.stop()

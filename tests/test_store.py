@@ -8,6 +8,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+
 from thronos_analytics.analytics.simulate import SimConfig, write
 from thronos_analytics.core import keys, store
 from thronos_analytics.core.contract import Row, parse_line
@@ -122,7 +123,7 @@ def test_batches_of_mixed_sizes_equal_one_batch(r, env, rows):
 def test_status_counts_the_rows_scored_this_minute_and_the_recent_anomaly_rate(r, env, rows):
     import time
 
-    from thronos_analytics.cli import _throughput
+    from thronos_analytics.core.store.status import _throughput
 
     part = rows[:400]
     batches = [part[start : start + 100] for start in range(0, 400, 100)]

@@ -6,7 +6,6 @@ import contextlib
 import errno
 import logging
 import os
-import re
 import sys
 import threading
 import time
@@ -27,8 +26,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from thronos_analytics.core import keys, logs
-from thronos_analytics.core.settings import Settings, rejected_file, settings
+from thronos_analytics.core import logs
+from thronos_analytics.core.settings import Settings, rejected_file, settings, use_settings
+from thronos_analytics.core.store.status import RATE_SAMPLE_BATCHES, read_status
 
 # No locals in --debug tracebacks: they would print REDIS_URL's password and whole batches.
 app = typer.Typer(
@@ -143,7 +143,7 @@ def _explain(exc: BaseException) -> str:
 
 def _use_stack() -> str:
     """The Redis this command talks to: REDIS_URL, else the stack running on the data dir,
-    whose addresses then go into the environment for everything this process imports."""
+    whose addresses then become this process's settings."""
     config = settings()
     if config.redis_url:
         return config.redis_url
@@ -167,8 +167,7 @@ def _use_stack() -> str:
                 f" {config.data_dir / STATE_FILE} leaves out: set {name}",
                 code=1,
             )
-    os.environ["REDIS_URL"] = state.redis_url
-    os.environ["CELERY_BROKER_URL"] = broker
+    use_settings(config.with_stack(state.redis_url, broker))
     return state.redis_url
 
 
@@ -726,7 +725,10 @@ def _warn_without_workers() -> None:
 
 def _known(r: Any) -> tuple[int, int]:
     """Interactions and score events Redis has seen."""
-    return int(r.scard(keys.SEEN)), int(r.scard(keys.SCORE_EVENTS))
+    from thronos_analytics.core import store
+
+    counts = store.counts(r)
+    return counts["interactions_seen"], counts["score_events"]
 
 
 TAIL_REPORT_EVERY_S = 10.0
@@ -826,128 +828,10 @@ def status(
     _print_status(report)
 
 
-# The recent anomaly rate is read from this many of the newest scored batches.
-RATE_SAMPLE_BATCHES = 20
-
-
 def _status_report(r: Any) -> dict[str, Any]:
-    from thronos_analytics.core import store
-    from thronos_analytics.core.metrics import LAG_BUCKETS
+    from thronos_analytics.workers.registry import NAMES
 
-    now = time.time()
-    report: dict[str, Any] = store.counts(r)
-    report["queues"] = _queue_depths(r)
-    report["backlog"] = {
-        "queued_messages": sum(report["queues"].values()),
-        "rows_waiting_for_a_model": report["pending"],
-    }
-    report["throughput"] = _throughput(r, now)
-    report["lag"] = _lag_summary(r, LAG_BUCKETS)
-    scored = report["interactions_scored"]
-    by_provider = {k.decode(): int(v) for k, v in r.hgetall(keys.ANOMALIES_BY_PROVIDER).items()}
-    report["anomaly_rate"] = {
-        "overall": round(report["anomalies"] / scored, 5) if scored else None,
-        "recent": report["throughput"].pop("recent_anomaly_rate"),
-        "by_provider": dict(sorted(by_provider.items(), key=lambda kv: -kv[1])),
-    }
-    last = r.xrevrange(keys.REJECTED_STREAM, count=1)
-    report["last_rejection"] = orjson.loads(last[0][1][b"r"]) if last else None
-    report["models"] = {}
-    for name in keys.MODEL_NAMES:
-        info = store.model_info(r, name) or {}
-        failure = r.get(keys.model_failure(name))
-        report["models"][name] = {
-            "version": info.get("version"),
-            "age_s": round(now - info["trained_at"], 1) if info else None,
-            "n_samples": info.get("n_samples"),
-            "last_failure": orjson.loads(failure) if failure else None,
-        }
-    report["dropped_fields"] = store.dropped_fields(r)
-    report["warnings"] = [orjson.loads(v).get("message", "") for v in r.hvals(keys.WARNINGS)]
-    incidents = sorted(map(orjson.loads, r.hvals(keys.INCIDENTS)), key=lambda i: -i["since_ts"])
-    report["incidents"] = [i["message"] for i in incidents if i["active"]]
-    # The hash holds strings: numbers go back to numbers for scripts.
-    export = {k.decode(): _number(v.decode()) for k, v in r.hgetall(keys.EXPORT).items()}
-    report["state_warning"] = export.pop("state_warning", None)
-    report["last_export"] = export
-    generated = export.get("generated_at")
-    report["last_export_age_s"] = round(now - float(generated), 1) if generated else None
-    return report
-
-
-_NUMBER = re.compile(r"-?\d+(\.\d+)?([eE][-+]?\d+)?")
-
-
-def _number(value: str) -> int | float | str:
-    if not _NUMBER.fullmatch(value):
-        return value
-    return float(value) if any(c in value for c in ".eE") else int(value)
-
-
-def _queue_depths(r: Any) -> dict[str, int]:
-    """Messages waiting per queue, asked of the broker (Redis or RabbitMQ)."""
-    from thronos_analytics.core.messages import QUEUES, is_amqp
-
-    if not is_amqp(settings().broker_url):
-        return {q.name: r.llen(q.name) for q in QUEUES}
-    from thronos_analytics.workers.celery_app import app as celery_app
-
-    depths = {}
-    with celery_app.connection_for_write() as connection:
-        connection.ensure_connection(max_retries=1)
-        channel = connection.default_channel
-        for q in QUEUES:
-            try:
-                depths[q.name] = channel.queue_declare(q.name, passive=True).message_count
-            except Exception:  # not declared yet: no worker has started
-                channel = connection.channel()
-                depths[q.name] = 0
-    return depths
-
-
-def _throughput(r: Any, now: float) -> dict[str, Any]:
-    minute = int(now // 60)
-    counts = r.mget(keys.scored_in_minute(minute), keys.scored_in_minute(minute - 1))
-    this, previous = (int(n or 0) for n in counts)
-    # The last 60 s: this minute so far, and the part of the previous one still inside them.
-    share = 1.0 - (now % 60) / 60
-    latest = r.xrevrange(keys.FLAG_STREAM, count=RATE_SAMPLE_BATCHES)
-    recent = [flag for _, fields in latest for flag in orjson.loads(fields[b"f"])]
-    last_minute = this + round(previous * share)
-    return {
-        "rows_scored_last_minute": last_minute,
-        "rows_per_s": round(last_minute / 60, 1),
-        "estimated": bool(previous),
-        "last_flag_age_s": (
-            round(now - int(latest[0][0].split(b"-")[0]) / 1000, 1) if latest else None
-        ),
-        "recent_anomaly_rate": (
-            round(sum(bool(f.get("is_anomaly")) for f in recent) / len(recent), 5)
-            if recent
-            else None
-        ),
-    }
-
-
-def _lag_summary(r: Any, buckets: tuple[float, ...]) -> dict[str, Any]:
-    """Count, mean and bucket-bound quantiles of the ledger-write-to-flag lag."""
-    raw = {k.decode(): float(v) for k, v in r.hgetall(keys.LAG_HISTOGRAM).items()}
-    bounds = [*map(str, buckets), "+Inf"]
-    count = sum(raw.get(b, 0.0) for b in bounds)
-    summary: dict[str, Any] = {"count": int(count), "mean_s": None, "p50_le_s": None}
-    summary["p95_le_s"] = None
-    if not count:
-        return summary
-    summary["mean_s"] = round(raw.get("sum", 0.0) / count, 4)
-    for q in (50, 95):
-        cumulative = 0.0
-        for bound in bounds:
-            cumulative += raw.get(bound, 0.0)
-            if cumulative >= count * q / 100:
-                summary[f"p{q}_le_s"] = float(bound) if bound != "+Inf" else None
-                summary[f"p{q}_over_s"] = buckets[-1] if bound == "+Inf" else None
-                break
-    return summary
+    return read_status(r, settings(), NAMES)
 
 
 def _duration(seconds: float) -> str:
@@ -1086,29 +970,22 @@ def flags(
     ] = None,
 ) -> None:
     """Print flags as JSON lines, the last few and then, with --follow, each new one."""
+    from thronos_analytics.core import store
+
     r = _connect()
     if interaction is not None:
-        flag = r.hget(keys.FLAGS, interaction)
+        flag = store.flag_of(r, interaction)
         if flag is None:
-            seen = r.sismember(keys.SEEN, interaction)
+            seen = store.was_seen(r, interaction)
             why = "it was seen and waits for a model" if seen else "no row with that id was seen"
             raise _fail(f"no flag for {interaction} ({why})", code=1)
         _print_lines([flag])
         return
-    # Each entry holds a batch of flags: read back until ``last`` flags are in hand.
-    recent: list[bytes] = []
-    entries = r.xrevrange(keys.FLAG_STREAM, count=last)
-    for _, fields in entries:
-        recent[:0] = [orjson.dumps(flag) for flag in orjson.loads(fields[b"f"])]
-        if len(recent) >= last:
-            break
-    cursor = entries[0][0] if entries else b"$"
-    _print_lines(recent[-last:] if last else [])
+    recent, cursor = store.latest_flags(r, last)
+    _print_lines(map(orjson.dumps, recent))
     while follow:
-        for _, batch in r.xread({keys.FLAG_STREAM: cursor}, block=1000, count=100) or []:
-            for entry_id, fields in batch:
-                _print_lines(orjson.dumps(flag) for flag in orjson.loads(fields[b"f"]))
-                cursor = entry_id
+        flags, cursor = store.flags_after(r, cursor, block_ms=1000)
+        _print_lines(map(orjson.dumps, flags))
 
 
 def _print_lines(lines: Iterable[bytes]) -> None:
@@ -1162,8 +1039,9 @@ def metrics(port: Annotated[int, typer.Option()] = 9108) -> None:
     from prometheus_client import REGISTRY, start_http_server
 
     from thronos_analytics.core.metrics import RedisCollector
+    from thronos_analytics.workers.registry import NAMES
 
-    REGISTRY.register(RedisCollector(_connect()))
+    REGISTRY.register(RedisCollector(_connect(), settings(), NAMES))
     start_http_server(port)
     console.print(f"metrics on http://0.0.0.0:{port}/metrics")
     with contextlib.suppress(KeyboardInterrupt):

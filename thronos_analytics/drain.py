@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from thronos_analytics.core import keys, store
+from thronos_analytics.core import store
 from thronos_analytics.core.messages import send_batch
 from thronos_analytics.core.settings import Settings, rejected_file
 from thronos_analytics.producers.backfill import backfill
@@ -19,18 +19,14 @@ CHECK_CHUNK = 5000
 def wait_until_flagged(
     r: store.Redis, ids: Iterable[str], timeout: float, poll: float = 0.05
 ) -> None:
-    """Block until every id has a flag in ``thronos:flags``."""
+    """Block until every id has a flag."""
     missing = list(ids)
     deadline = time.monotonic() + timeout
     while missing:
-        chunk = missing[:CHECK_CHUNK]
-        present = [v is not None for v in r.hmget(keys.FLAGS, chunk)]
-        if all(present):
-            missing = missing[len(chunk) :]
+        chunk = store.unflagged(r, missing[:CHECK_CHUNK])
+        missing = chunk + missing[CHECK_CHUNK:]
+        if not chunk:
             continue
-        missing = [i for i, ok in zip(chunk, present, strict=True) if not ok] + missing[
-            len(chunk) :
-        ]
         if time.monotonic() > deadline:
             raise TimeoutError(f"{len(missing)} rows still without a flag after {timeout:.0f}s")
         time.sleep(poll)

@@ -33,11 +33,11 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
-import redis
 
+from thronos_analytics.core import store
 from thronos_analytics.core.atomic_file import write_atomically
 from thronos_analytics.core.messages import SCORING, TRAINING
-from thronos_analytics.core.settings import Settings
+from thronos_analytics.core.settings import Settings, use_settings
 
 log = logging.getLogger("thronos.stack")
 
@@ -481,23 +481,13 @@ class RedisServer:
 
     def _wait_ready(self, timeout: float) -> None:
         assert self.process is not None
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                client.ping()
-                # Loading a large AOF: wait until Redis serves reads.
-                if client.info("persistence").get("loading", 0) == 0:
-                    return
-            except redis.ConnectionError:
-                pass
-            except redis.ResponseError as exc:  # LOADING
-                if "LOADING" not in str(exc):
-                    raise
+        while not store.local_server_ready(self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(
                     f"redis-server did not start ({self._last_log_line()}); see {self.log_file}"
                 )
+            time.sleep(0.05)
             time.sleep(0.05)
 
     def _last_log_line(self) -> str:
@@ -542,9 +532,8 @@ class RedisServer:
         pin["updated_at"] = round(time.time(), 3)
         write_atomically(self.pin_file, orjson.dumps(pin, option=orjson.OPT_INDENT_2))
 
-    def dbsize(self) -> int:
-        client = redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=2)
-        return int(client.dbsize())  # type: ignore[arg-type]
+    def dbsize(self) -> int | None:
+        return store.local_key_count(self.port)
 
     def note_keys(self, every: float = 5.0) -> None:
         """Record that Redis holds data, once it does: a later start that finds none warns.
@@ -554,19 +543,15 @@ class RedisServer:
             return
         self._keys_checked = now
         pin = self._pin()
-        if pin and not pin.get("keys_seen"):
-            with contextlib.suppress(redis.RedisError):
-                keys = self.dbsize()
-                if keys:
-                    self._write_pin({**pin, "keys_seen": keys})
+        if pin and not pin.get("keys_seen") and (keys := self.dbsize()):
+            self._write_pin({**pin, "keys_seen": keys})
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             # What it holds now, so the next start knows whether finding nothing is a loss.
             pin = self._pin()
-            if pin:
-                with contextlib.suppress(redis.RedisError):
-                    self._write_pin({**pin, "keys_seen": self.dbsize()})
+            if pin and (keys := self.dbsize()) is not None:
+                self._write_pin({**pin, "keys_seen": keys})
             self.process.terminate()
             try:
                 # A keeper may first wait out the others' grace period.
@@ -714,10 +699,11 @@ class Stack:
             self.log_files["redis"] = self.redis.log_file
             self.env["REDIS_URL"] = self.redis.url
             self.env.pop("CELERY_BROKER_URL", None)
-        # This process publishes too: make the settings it reads match the children's.
-        os.environ["REDIS_URL"] = self.env["REDIS_URL"]
-        if self.env.get("CELERY_BROKER_URL"):
-            os.environ["CELERY_BROKER_URL"] = self.env["CELERY_BROKER_URL"]
+        # This process publishes too: its settings point where the children's do.
+        self.config = self.config.with_stack(
+            self.env["REDIS_URL"], self.env.get("CELERY_BROKER_URL") or None
+        )
+        use_settings(self.config)
         for i in range(self.workers):
             self.spawn(
                 f"scoring{i + 1}", worker_command(f"scoring{i + 1}", SCORING, 1, self.loglevel)

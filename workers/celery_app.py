@@ -1,7 +1,8 @@
 """The Celery app: configuration and task discovery, nothing else."""
 
-import thronos_analytics.core.logs  # noqa: F401  (structured logs with task context, via signals)
 from celery import Celery
+
+import thronos_analytics.core.logs  # noqa: F401  (structured logs with task context, via signals)
 from thronos_analytics.core.messages import celery_config
 from thronos_analytics.core.settings import settings
 from thronos_analytics.workers.schedule import beat_schedule

@@ -13,17 +13,19 @@ and ``status`` repeat.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
+
 from thronos_analytics.analytics.recommend import rank, suggestions
-from thronos_analytics.core import keys, store
+from thronos_analytics.core import store
 from thronos_analytics.core.atomic_file import write_atomically
 from thronos_analytics.core.settings import settings
-from thronos_analytics.workers import report
+from thronos_analytics.workers import registry, report
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2  # 2: suggestion objects, p_best rankings, incidents
@@ -32,14 +34,11 @@ TOP = 3
 
 
 def build_analytics(r: store.Redis) -> dict[str, Any]:
-    models = {name: store.model_info(r, name) for name in keys.MODEL_NAMES}
-    profiles = _model_json(r, "profiles") or {"wallets": {}, "sessions": {}, "clusters": []}
-    recommender = _model_json(r, "recommender") or {"use_cases": {}, "wallets": {}}
-    quality = _model_json(r, "quality") or {"warnings": []}
-    warnings = quality["warnings"]
-    incidents = _model_json(r, "incidents") or {"incidents": []}
+    """The export: the models' versions, the counts, then each model's part (the registry's
+    ``export`` functions, below)."""
+    models = {model.name: store.model_info(r, model.name) for model in registry.MODELS}
     counts = store.counts(r)
-    return {
+    document: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "generated_at": time.time(),
         "models": {
@@ -55,12 +54,58 @@ def build_analytics(r: store.Redis) -> dict[str, Any]:
             **{k: v for k, v in counts.items() if k != "pending"},
             "dropped_fields": store.dropped_fields(r),
         },
-        "profiles": {
-            "wallets": profiles["wallets"],
-            "sessions": profiles["sessions"],
-            "clusters": profiles["clusters"],
-        },
-        "anomalies": [orjson.loads(fields[b"a"]) for _, fields in r.xrange(keys.ANOMALIES)],
+    }
+    artifacts = Artifacts(r)
+    for model in registry.MODELS:
+        document.update(model.export(r, artifacts))
+    return document
+
+
+class Artifacts:
+    """Each model's current artifact, decoded when first asked for; before a model's first
+    version, its registry entry's ``empty``."""
+
+    def __init__(self, r: store.Redis) -> None:
+        self._r = r
+        self._decoded: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._decoded:
+            model = registry.model(name)
+            current = store.current_model(self._r, name)
+            decoded = model.codec.decode(current[1]) if current else None
+            self._decoded[name] = decoded or copy.deepcopy(model.empty)
+        return self._decoded[name]
+
+
+# --- each model's part of the export -------------------------------------------------------
+
+
+def anomalies_section(r: store.Redis, artifacts: Artifacts) -> dict[str, Any]:
+    """The flagged rows, with their context, from the scoring workers' stream."""
+    return {"anomalies": store.anomalies(r)}
+
+
+def profiles_section(r: store.Redis, artifacts: Artifacts) -> dict[str, Any]:
+    """Each wallet's and session's persona, the personas, and what changed since the
+    previous model (absent from an artifact fitted before personas were compared)."""
+    profiles = artifacts["profiles"]
+    section = {
+        "wallets": profiles["wallets"],
+        "sessions": profiles["sessions"],
+        "clusters": profiles["clusters"],
+    }
+    if "changes" in profiles:
+        section["changes"] = profiles["changes"]
+    return {"profiles": section}
+
+
+def recommendations_section(r: store.Redis, artifacts: Artifacts) -> dict[str, Any]:
+    """Rankings per use case, for everyone and per wallet, and suggestions; a provider's
+    active quality warnings rank it after those without one."""
+    recommender = artifacts["recommender"]
+    warnings = artifacts["quality"]["warnings"]
+    return {
         "recommendations": {
             "global": {
                 use_case: rank(recommender, use_case, top=TOP, warnings=warnings)
@@ -75,10 +120,16 @@ def build_analytics(r: store.Redis) -> dict[str, Any]:
             },
             "model": recommender,
         },
-        "warnings": quality["warnings"],
-        "incidents": incidents["incidents"],
         "suggestions": suggestions(recommender, warnings) if recommender["wallets"] else {},
     }
+
+
+def quality_section(r: store.Redis, artifacts: Artifacts) -> dict[str, Any]:
+    return {"warnings": artifacts["quality"]["warnings"]}
+
+
+def incidents_section(r: store.Redis, artifacts: Artifacts) -> dict[str, Any]:
+    return {"incidents": artifacts["incidents"]["incidents"]}
 
 
 def write_analytics(r: store.Redis, path: Path) -> dict[str, Any]:
@@ -95,7 +146,13 @@ def write_analytics(r: store.Redis, path: Path) -> dict[str, Any]:
     # The score trend is for the page only: the training window holds the rows it needs.
     trend = report.score_trend(store.window_rows(r, settings().window_rows))
     html_path = path.with_suffix(".html")
-    write_atomically(html_path, report.render(document, trend).encode())
+    page = report.render(
+        document,
+        trend,
+        sections=[model.report for model in registry.MODELS],
+        rejected=store.latest_rejections(r, report.MAX_TABLE_ROWS),
+    )
+    write_atomically(html_path, page.encode())
     summary = {
         "path": str(path),
         "html_path": str(html_path),
@@ -103,12 +160,9 @@ def write_analytics(r: store.Redis, path: Path) -> dict[str, Any]:
         "duration_s": round(time.perf_counter() - started, 3),
         **{k: v for k, v in document["stats"].items() if k != "dropped_fields"},
     }
-    r.hset(keys.EXPORT, mapping={k: str(v) for k, v in summary.items()})
+    store.record_export(r, summary, warning)
     if warning:
         summary["state_warning"] = warning
-        r.hset(keys.EXPORT, "state_warning", warning)
-    else:
-        r.hdel(keys.EXPORT, "state_warning")
     return summary
 
 
@@ -132,8 +186,3 @@ def _scored_in(path: Path) -> int:
     except (OSError, ValueError, KeyError, TypeError):
         return 0  # no export yet, or one unreadable: nothing to lose
     return scored if isinstance(scored, int) else 0
-
-
-def _model_json(r: store.Redis, name: str) -> Any:
-    current = store.current_model(r, name)
-    return orjson.loads(current[1]) if current else None

@@ -18,24 +18,23 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from thronos_analytics.analytics.anomaly import AnomalyDetector
-from thronos_analytics.core import keys, store
+
+from thronos_analytics.analytics.anomaly_scoring import AnomalyScorer
+from thronos_analytics.core import store
 from thronos_analytics.core.contract import Rejection, Row, RowError, ScoreEvent
-from thronos_analytics.core.metrics import record_lag
 
 log = logging.getLogger(__name__)
 # Rows scored per Lua call at most; bounds a worker's memory whatever a message holds.
 MAX_BATCH = 5000
-_loaded: tuple[str, AnomalyDetector] | None = None
+_loaded: tuple[str, AnomalyScorer] | None = None
 _refused: set[str] = set()
 
 
-def current_detector(r: store.Redis) -> tuple[str, AnomalyDetector] | None:
+def current_detector(r: store.Redis) -> tuple[str, AnomalyScorer] | None:
     global _loaded
-    raw = r.get(keys.model_current("anomaly"))
-    if raw is None:
+    version = store.current_version(r, "anomaly")
+    if version is None:
         return None
-    version = raw.decode()
     if (_loaded is not None and _loaded[0] == version) or version in _refused:
         return _loaded or _last_good(r)
     try:
@@ -50,28 +49,24 @@ def current_detector(r: store.Redis) -> tuple[str, AnomalyDetector] | None:
     return _loaded
 
 
-def _load(r: store.Redis, version: str) -> AnomalyDetector:
+def _load(r: store.Redis, version: str) -> AnomalyScorer:
     published = store.model_version(r, "anomaly", version)
     if published is None:
         raise LookupError(f"anomaly model {version} has no artifact")
-    return AnomalyDetector.from_bytes(published[1])
+    return AnomalyScorer.from_bytes(published[1])
 
 
 def _refuse(r: store.Redis, version: str, exc: Exception) -> None:
     _refused.add(version)
     error = f"cannot load anomaly model {version}: {type(exc).__name__}: {exc}"
     log.error("%s; scoring with the last good model", error)
-    r.set(
-        keys.model_failure("anomaly"),
-        orjson.dumps({"model": "anomaly", "error": error, "at": time.time()}),
-    )
+    store.record_failure(r, "anomaly", {"model": "anomaly", "error": error, "at": time.time()})
 
 
-def _last_good(r: store.Redis) -> tuple[str, AnomalyDetector] | None:
+def _last_good(r: store.Redis) -> tuple[str, AnomalyScorer] | None:
     """A fresh process whose current model is unusable: the newest version that loads."""
     global _loaded
-    for raw in sorted(r.hkeys(keys.model_versions("anomaly")), reverse=True):
-        version = raw.decode()
+    for version in store.versions(r, "anomaly"):
         if version in _refused:
             continue
         try:
@@ -138,7 +133,7 @@ def _score(r: store.Redis, rows: list[Row], rejected: int) -> dict[str, Any]:
     while True:
         loaded = current_detector(r)
         if loaded is None:
-            unusable = r.exists(keys.model_current("anomaly"))
+            unusable = store.current_version(r, "anomaly") is not None
             new, scored = store.apply_batch(r, rows, None, bool(unusable), joins)
             if scored == -1:  # a model was published meanwhile
                 continue
@@ -159,7 +154,7 @@ def _score(r: store.Redis, rows: list[Row], rejected: int) -> dict[str, Any]:
             flag["scored_at"] = now
         new, scored = store.apply_batch(r, rows, flags, joins=joins)
         if scored:
-            record_lag(r, [now - row.ts for row in rows])
+            store.record_lag(r, [now - row.ts for row in rows])
         return {
             "rows": len(rows),
             "new": new,

@@ -14,9 +14,10 @@ from typing import Any
 
 from celery import chord
 from celery.signals import worker_process_init
-from thronos_analytics.core import keys, store
+
+from thronos_analytics.core import store
 from thronos_analytics.core.settings import settings
-from thronos_analytics.workers import scoring
+from thronos_analytics.workers import registry, scoring
 from thronos_analytics.workers.celery_app import app
 
 log = logging.getLogger(__name__)
@@ -35,12 +36,12 @@ def _load_model(**_: Any) -> None:
 def score_batch(self: Any, rows: list[Any], events: list[Any] | None = None) -> dict[str, Any]:
     r = store.connect()
     result = scoring.score_batch(r, rows, events)
-    r.hincrby(keys.WORKER_ROWS, self.request.hostname or "unknown", len(rows))
+    store.count_worker_rows(r, self.request.hostname or "unknown", len(rows))
     # Enough rows to train the first model: trigger it, once a minute at most.
     if (
         result["pending"]
         and store.counts(r)["interactions_seen"] >= settings().min_train_rows
-        and r.set(keys.AUTOTRAIN_LOCK, 1, nx=True, ex=60)
+        and store.first_in(r, "autotrain", 60)
     ):
         retrain_anomaly.delay()
     return result
@@ -50,47 +51,24 @@ def send_rows(rows: list[dict]) -> None:
     score_batch.delay(rows)
 
 
-@app.task(name="thronos.retrain_anomaly", ignore_result=False)
-def retrain_anomaly(force: bool = False) -> dict[str, Any]:
-    from thronos_analytics.workers import training
+def _retrain_task(model: registry.Model) -> Any:
+    """The task that retrains ``model``, under its registered name."""
 
-    r = store.connect()
-    result = training.retrain(r, "anomaly", lambda: training.fit_anomaly(r, force))
-    if "version" in result:
-        result["drained"] = training.drain_pending(r, send_rows)
-    return result
+    def retrain(force: bool = False) -> dict[str, Any]:
+        from thronos_analytics.workers import training
 
+        r = store.connect()
+        result = training.retrain_model(r, model.name, force)
+        if model.scores_rows and "version" in result:
+            result["drained"] = training.drain_pending(r, send_rows)
+        return result
 
-@app.task(name="thronos.retrain_profiles", ignore_result=False)
-def retrain_profiles() -> dict[str, Any]:
-    from thronos_analytics.workers import training
-
-    r = store.connect()
-    return training.retrain(r, "profiles", lambda: training.fit_profiles_model(r))
+    retrain.__name__ = retrain.__qualname__ = model.task.removeprefix("thronos.")
+    return app.task(name=model.task, ignore_result=False)(retrain)
 
 
-@app.task(name="thronos.retrain_recommender", ignore_result=False)
-def retrain_recommender() -> dict[str, Any]:
-    from thronos_analytics.workers import training
-
-    r = store.connect()
-    return training.retrain(r, "recommender", lambda: training.fit_recommender_model(r))
-
-
-@app.task(name="thronos.detect_quality_drops", ignore_result=False)
-def detect_quality_drops() -> dict[str, Any]:
-    from thronos_analytics.workers import training
-
-    r = store.connect()
-    return training.retrain(r, "quality", lambda: training.fit_quality_model(r))
-
-
-@app.task(name="thronos.detect_incidents", ignore_result=False)
-def detect_incidents() -> dict[str, Any]:
-    from thronos_analytics.workers import training
-
-    r = store.connect()
-    return training.retrain(r, "incidents", lambda: training.fit_incidents_model(r))
+TASKS = {model.name: _retrain_task(model) for model in registry.MODELS}
+retrain_anomaly = TASKS["anomaly"]  # the first model: score_batch and drain start it
 
 
 @app.task(name="thronos.write_analytics", ignore_result=False)
@@ -101,18 +79,12 @@ def write_analytics(retrains: list[dict[str, Any]] | None = None) -> dict[str, A
     return {**summary, "retrains": retrains or []}
 
 
-TASKS = {
-    "anomaly": retrain_anomaly,
-    "profiles": retrain_profiles,
-    "recommender": retrain_recommender,
-    "quality": detect_quality_drops,
-    "incidents": detect_incidents,
-}
-
-
-def refresh_signature(models: tuple[str, ...] = keys.MODEL_NAMES, force: bool = False) -> Any:
+def refresh_signature(models: tuple[str, ...] = registry.NAMES, force: bool = False) -> Any:
     """Retrain ``models`` in parallel, then write the export once all have finished."""
-    header = [TASKS[m].si(force) if m == "anomaly" else TASKS[m].si() for m in models]
+    # Only the scoring model takes ``force``: the others' messages keep no arguments.
+    header = [
+        TASKS[m].si(force) if registry.model(m).scores_rows else TASKS[m].si() for m in models
+    ]
     return chord(header, write_analytics.s())
 
 

@@ -1,0 +1,112 @@
+"""The shared state in Redis, and the only code that talks to Redis.
+
+Producers, workers, ``status`` and the metrics all go through here: the key names are in
+``core/keys.py``, the two exactly-once writes are Lua scripts (``batch.lua``, ``scores.lua``)
+and locks are redis-py's.
+"""
+
+from redis import Redis
+
+from thronos_analytics.core.store.batch import (
+    Joins,
+    JoinsChanged,
+    apply_batch,
+    apply_scores,
+    joined,
+    provider_context,
+    read_joins,
+    scores_value,
+)
+from thronos_analytics.core.store.connection import (
+    connect,
+    hold,
+    local_key_count,
+    local_server_ready,
+    lock,
+    release,
+    run_id,
+)
+from thronos_analytics.core.store.ledger import (
+    LAG_BUCKETS,
+    aggregate_values,
+    anomalies,
+    count_worker_rows,
+    counts,
+    drain_pending,
+    dropped_fields,
+    first_in,
+    flag_of,
+    flags_after,
+    latest_flags,
+    latest_rejections,
+    record_export,
+    record_lag,
+    record_rejections,
+    replace_reported,
+    reported,
+    seen_any,
+    state_id,
+    unflagged,
+    unseen,
+    was_seen,
+)
+from thronos_analytics.core.store.models import (
+    current_model,
+    current_version,
+    model_info,
+    model_version,
+    publish_model,
+    record_failure,
+    versions,
+)
+from thronos_analytics.core.store.window import CHECK_CHUNK, window_rows
+
+__all__ = [
+    "CHECK_CHUNK",
+    "Joins",
+    "JoinsChanged",
+    "LAG_BUCKETS",
+    "Redis",
+    "aggregate_values",
+    "anomalies",
+    "apply_batch",
+    "apply_scores",
+    "connect",
+    "count_worker_rows",
+    "counts",
+    "current_model",
+    "current_version",
+    "drain_pending",
+    "dropped_fields",
+    "first_in",
+    "flag_of",
+    "flags_after",
+    "hold",
+    "joined",
+    "latest_flags",
+    "latest_rejections",
+    "local_key_count",
+    "local_server_ready",
+    "lock",
+    "model_info",
+    "model_version",
+    "provider_context",
+    "publish_model",
+    "read_joins",
+    "record_export",
+    "record_failure",
+    "record_lag",
+    "record_rejections",
+    "release",
+    "replace_reported",
+    "reported",
+    "run_id",
+    "scores_value",
+    "seen_any",
+    "state_id",
+    "unflagged",
+    "unseen",
+    "versions",
+    "was_seen",
+    "window_rows",
+]

@@ -1,0 +1,65 @@
+"""Model versions: published, current, loaded back, each with its info."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from redis import Redis
+
+from thronos_analytics.core import keys, signing
+
+
+def publish_model(r: Redis, name: str, blob: bytes, info: dict[str, Any]) -> str:
+    """Store a model version and make it current. Versions are UTC timestamps, sortable."""
+    version = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f")
+    info = {**info, "version": version}
+    pipe = r.pipeline(transaction=True)
+    pipe.set(keys.model_blob(name, version), signing.sign(blob))
+    pipe.hset(keys.model_versions(name), version, orjson.dumps(info))
+    pipe.set(keys.model_current(name), version)
+    pipe.delete(keys.model_failure(name))
+    pipe.execute()
+    return version
+
+
+def current_model(r: Redis, name: str) -> tuple[str, bytes] | None:
+    """The published version and its verified payload; ModelIntegrityError if tampered."""
+    version = r.get(keys.model_current(name))
+    if version is None:
+        return None
+    return model_version(r, name, version.decode())
+
+
+def model_version(r: Redis, name: str, version: str) -> tuple[str, bytes] | None:
+    blob = r.get(keys.model_blob(name, version))
+    if blob is None:
+        return None
+    return version, signing.verify(blob, f"{name} model {version}")
+
+
+def model_info(r: Redis, name: str) -> dict[str, Any] | None:
+    version = r.get(keys.model_current(name))
+    if version is None:
+        return None
+    raw = r.hget(keys.model_versions(name), version)
+    return orjson.loads(raw) if raw else None
+
+
+
+
+def current_version(r: Redis, name: str) -> str | None:
+    """The current version's name, without loading its artifact."""
+    version = r.get(keys.model_current(name))
+    return None if version is None else version.decode()
+
+
+def versions(r: Redis, name: str) -> list[str]:
+    """Every stored version, newest first."""
+    return sorted((v.decode() for v in r.hkeys(keys.model_versions(name))), reverse=True)
+
+
+def record_failure(r: Redis, name: str, failure: dict[str, Any]) -> None:
+    """The last failed retrain or load of ``name``; the current version stays."""
+    r.set(keys.model_failure(name), orjson.dumps(failure))
