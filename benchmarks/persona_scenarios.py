@@ -70,15 +70,27 @@ class Group:
 
 GROUPS: dict[str, Group] = {
     "coder": Group(
-        110, 22.0, 2.5, 0.82, {"coding": 0.8, "research": 0.1, "chat": 0.1},
+        110,
+        22.0,
+        2.5,
+        0.82,
+        {"coding": 0.8, "research": 0.1, "chat": 0.1},
         {"claude": 0.7, "gpt": 0.2, "gemini": 0.1},
     ),
     "researcher": Group(
-        135, 9.0, 1.8, 0.75, {"research": 0.75, "writing": 0.15, "coding": 0.1},
+        135,
+        9.0,
+        1.8,
+        0.75,
+        {"research": 0.75, "writing": 0.15, "coding": 0.1},
         {"gemini": 0.65, "gpt": 0.25, "claude": 0.1},
     ),
     "writer": Group(
-        135, 5.0, 0.8, 0.70, {"writing": 0.8, "chat": 0.2},
+        135,
+        5.0,
+        0.8,
+        0.70,
+        {"writing": 0.8, "chat": 0.2},
         {"gpt": 0.7, "mistral": 0.2, "gemini": 0.1},
     ),
     "chatter": Group(
@@ -89,11 +101,19 @@ BASE_WALLETS = sum(g.wallets for g in GROUPS.values())
 NEW_WALLETS = round(BASE_WALLETS * NEW_SHARE / (1 - NEW_SHARE))
 NEW_GROUPS: dict[str, Group] = {
     "quantum": Group(
-        NEW_WALLETS, 10.0, 1.5, 0.72, {"quantum": 0.8, "research": 0.2},
+        NEW_WALLETS,
+        10.0,
+        1.5,
+        0.72,
+        {"quantum": 0.8, "research": 0.2},
         {"claude": 0.55, "gemini": 0.45},
     ),
     "long writer": Group(
-        NEW_WALLETS, 20.0, 2.0, 0.78, {"writing": 0.85, "chat": 0.15},
+        NEW_WALLETS,
+        20.0,
+        2.0,
+        0.78,
+        {"writing": 0.85, "chat": 0.15},
         {"claude": 0.75, "gpt": 0.25},
     ),
 }
@@ -158,9 +178,9 @@ def window(
     rows: list[Row] = []
     truth: dict[str, str] = {}
     calls_rng = np.random.default_rng([seed, period])
-    for g, (name, group) in enumerate(sorted(groups.items())):
+    for name, group in sorted(groups.items()):
         for w in range(group.wallets):
-            habits = _habits(group, np.random.default_rng([seed, g, w]))
+            habits = _habits(group, np.random.default_rng([seed, *name.encode(), w]))
             wallet = f"{name}-{w}"
             for s in range(1 + calls_rng.poisson(2)):
                 session = f"{wallet}-p{period}-s{s}"
@@ -175,9 +195,18 @@ def window(
                 ts = 1.7e9 + period * 86_400 * 7 + calls_rng.uniform(0, 86_400 * 7)
                 rows.extend(
                     Row(
-                        f"{session}-{i}", ts + 30 * i, str(providers[i]), None, session,
-                        wallet, float(credits[i]), float(scores[i]), None, None,
-                        str(uses[i]), True,
+                        f"{session}-{i}",
+                        ts + 30 * i,
+                        str(providers[i]),
+                        None,
+                        session,
+                        wallet,
+                        float(credits[i]),
+                        float(scores[i]),
+                        None,
+                        None,
+                        str(uses[i]),
+                        True,
                     )
                     for i in range(n)
                 )
@@ -229,9 +258,7 @@ def _events(changes: dict[str, list]) -> int:
 def _group_label(fit: dict, group: str) -> tuple[int, str, float]:
     """The persona most of the group's sessions are in: its number, label and their share."""
     votes = Counter(
-        (v["cluster"], v["label"])
-        for s, v in fit["sessions"].items()
-        if fit["truth"][s] == group
+        (v["cluster"], v["label"]) for s, v in fit["sessions"].items() if fit["truth"][s] == group
     )
     (cluster, label), n = votes.most_common(1)[0]
     return cluster, label, n / sum(votes.values())
@@ -252,7 +279,11 @@ def measure(scenario: Scenario, fits: list[dict]) -> dict[str, Any]:
         appeared = any(a["cluster"] == cluster for a in first["changes"]["appeared"])
         share = float(np.mean([g == group for g in first["truth"].values()]))
         out.update(
-            share=share, label=label, recall=recall, purity=purity, appeared=appeared,
+            share=share,
+            label=label,
+            recall=recall,
+            purity=purity,
+            appeared=appeared,
             ok=appeared and recall >= OWN and purity >= OWN,
         )
     elif scenario.switched is not None:
@@ -261,7 +292,9 @@ def measure(scenario: Scenario, fits: list[dict]) -> dict[str, Any]:
         cluster, label, recall = _group_label(first, group)
         reported = [c for c in first["changes"]["changed"] if c["cluster"] == cluster]
         out.update(
-            label=f"{before[1]} → {label}", recall=recall, reported=bool(reported),
+            label=f"{before[1]} → {label}",
+            recall=recall,
+            reported=bool(reported),
             ok=" · gpt" in label and bool(reported),
         )
     else:
