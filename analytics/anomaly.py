@@ -2,7 +2,8 @@
 
 Each row gets five pieces of evidence (``analytics.features``): how far its output
 length, score, latency and credits are from the median of comparable rows, in robust
-standard deviations, and how surprising its provider is given the other calls of its
+standard deviations (latency and credits at the row's output length, which explains a
+long answer's wait and cost), and how surprising its provider is given the other calls of its
 session and wallet (``-log P(provider | context)`` from a multinomial logistic
 regression). Each is put on a common scale, 0 at the median and 1 where a clean window's
 99th percentile would be, and an IsolationForest (Liu et al., 2008) over them adds a sixth
@@ -18,7 +19,9 @@ over 1% of rows, which would then hide itself; so it is estimated from the 90th 
 ledgers built apart from the simulator (tests/layouts.py) and on real LLM traces, the
 default flags 0.0-0.1% of rows (docs/quality.md). ``contamination`` instead flags a fixed
 share, the quantile of the window's scores, as the spec's IsolationForest does: kept for
-comparison. Reasons are read off the evidence, largest first, in words.
+comparison. Reasons are read off the evidence, largest first, in words: the measure and
+its value against its norm; "unusual combination" only when no single piece of evidence
+would flag the row on its own.
 
 A scikit-learn outlier detector: ``fit(rows)`` returns it, ``score_samples`` is minus the
 anomaly score (lower is stranger), ``decision_function`` is negative and ``predict`` -1 for

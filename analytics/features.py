@@ -10,16 +10,19 @@ the provider's norm, and an unseen provider to the norm of all rows. A missing m
 counts as normal, so the other measures still count.
 
 Latency and credits are compared **at the row's output length**: a long answer takes
-longer and costs more, so in each group (cell, provider, all rows) a robust slope ``b``
-of the measure on ``log1p(output_len)`` is fitted (Theil–Sen: the median of pairwise
-slopes), and the measure compared is the residual ``y - b·(x - x̃)``, ``x̃`` the group's
-median log length. ``x`` is held above the group's 1st percentile: a call also pays for
-its prompt, so an empty or truncated output does not make its cost extreme; a row without
-a length is not adjusted. A group whose lengths barely vary, or are counted in different
-units, gets no slope. A failed call (``success`` false)
-has no answer to measure: its latency and length are a refusal's (often 0), so all its
-measures count as missing, in the norms as in its own evidence; failures are counted as
-incidents instead.
+longer and costs more. In each group (cell, provider, all rows) a robust slope ``b`` of
+the measure's log on ``x = log1p(output_len)`` is fitted (Theil–Sen: the median of
+pairwise slopes), and the measure compared is divided by ``exp(b·(x - x̃))``, ``x̃`` the
+group's median log length; the group's median and MAD are those of these residuals. The
+log of the measure itself, not its ``log1p``: for a cheap model's credits of 0.05,
+``log1p`` is no ratio scale. Only an answer longer than ``x̃`` is adjusted: a call also
+pays for its prompt and waits for its first token, so a short answer is not expected to
+cost less, and an empty one keeps its full cost. A row without a length is not adjusted;
+a group whose lengths barely vary, or are counted in different units, gets no slope.
+
+A failed call (``success`` false) has no answer to measure: its latency and length are
+a refusal's (often 0), so all its measures count as missing, in the norms as in its own
+evidence; failures are counted as incidents instead.
 
 The fifth feature is context (:func:`context_counts`, :func:`featurise`): the calls
 per provider and per use case of the row's session and of its wallet, *other than the row
@@ -69,15 +72,14 @@ SLOPE_RANGE = (0.0, 1.5)
 MIN_EXPLAINED = 0.1
 # A group whose log lengths have a robust SD under this (10%) has no length to explain by.
 MIN_LENGTH_SPREAD = 0.1
-# Theil–Sen on a bounded sample: pairs of rows at least MIN_PAIR_DX apart in log length,
-# from at most SLOPE_ROWS rows of the group; too few such pairs and there is no slope.
-SLOPE_ROWS = 5000
+# Theil–Sen on a bounded sample: SLOPE_PAIRS random pairs of the group's rows, of which
+# those at least MIN_PAIR_DX apart in log length count; too few and there is no slope.
 SLOPE_PAIRS = 20_000
 MIN_PAIR_DX = 0.05
 MIN_PAIRS = 100
 # Columns of a group's length model (``ProviderNorms.length``).
-_SLOPE, _PIVOT, _LOW = range(3)
-_LENGTH_MODEL = 3
+_SLOPE, _PIVOT = range(2)
+_LENGTH_MODEL = 2
 
 # attrgetter reads a dataclass and a named tuple alike, in one C call per row.
 _MEASURES = attrgetter(*BASE)
@@ -89,7 +91,9 @@ _NORM, _PROVIDER, _USE_CASE, _SESSION, _WALLET = 0, 4, 5, 6, 7
 _LOG_SCALED = LOG_SCALED.astype(np.uint8)
 _LOW_SIDE_ONLY = LOW_SIDE_ONLY.astype(np.uint8)
 _NOT_LOG_SCALED = np.zeros(len(BASE), dtype=np.uint8)  # for measures scaled already
-_BY_LENGTH = np.flatnonzero(BY_LENGTH)
+# BY_LENGTH's columns as a slice: views, not copies, in the scoring path.
+_BY_LENGTH = slice(int(np.flatnonzero(BY_LENGTH)[0]), int(np.flatnonzero(BY_LENGTH)[-1]) + 1)
+assert BY_LENGTH[_BY_LENGTH].all() and BY_LENGTH.sum() == _BY_LENGTH.stop - _BY_LENGTH.start
 
 
 def base_matrix(rows: Sequence[Row]) -> np.ndarray:
@@ -132,10 +136,9 @@ class ProviderNorms:
 
     ``keys[j]`` names the groups of measure ``j``: ``"provider<SEP>refinement"`` for a cell,
     ``"provider"`` for a provider and ``""`` for all rows. ``length[j]`` holds, per group,
-    how the measure follows output length: slope, median log length and the least log
-    length adjusted for (``_length_model``); none, as in a model from before lengths were
-    taken into account, is no slope anywhere. Treat it as immutable: lookup
-    tables are built from it once.
+    how the measure follows output length: slope and median log length
+    (``_length_model``); none, as in a model from before lengths were taken into account,
+    is no slope anywhere. Treat it as immutable: lookup tables are built from it once.
     """
 
     providers: list[str]
@@ -194,22 +197,12 @@ class ProviderNorms:
                         natural = np.expm1(column[known])
                         paid = natural > 0  # a free call has no cost to scale
                         model = _length_model(x[known][paid], np.log(natural[paid]))
-                    column = _take_out(column, _adjustment(model, x))
+                    if model[_SLOPE]:
+                        column = _take_out(column, _adjustment(model, x))
                 m = float(np.median(column))
                 key_list.append(key)
                 med.append(m)
-                spread = np.abs(column - m)
-                robust_sd = 1.4826 * float(np.median(spread))
-                import os
-                mode = os.environ.get("SCALE_MODE", "q90")
-                if model[_SLOPE] > 0 and mode == "q90":
-                    robust_sd = max(robust_sd, float(np.quantile(spread, 0.9)) / 1.645)
-                if model[_SLOPE] > 0 and mode == "q95":
-                    robust_sd = max(robust_sd, float(np.quantile(spread, 0.95)) / 1.96)
-                if model[_SLOPE] > 0 and mode == "raw":
-                    raw = base[members, j][have]
-                    robust_sd = 1.4826 * float(np.median(np.abs(raw - np.median(raw))))
-                scale.append(max(robust_sd, MIN_SCALE[j]))
+                scale.append(max(1.4826 * float(np.median(np.abs(column - m))), MIN_SCALE[j]))
                 model_list.append(model)
             names.append(key_list)
             medians.append(np.array(med, dtype=float))
@@ -279,8 +272,8 @@ class ProviderNorms:
 
 
 def _length_model(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """How ``y`` follows log length ``x`` in one group (both without NaN): ``[slope, median
-    x, least x]``, the adjustment holding x at or above the least, the 1st percentile.
+    """How log measure ``y`` follows log length ``x`` in one group (both without NaN):
+    ``[slope, median x]``.
 
     The slope is Theil–Sen's, the median of the slopes of ``SLOPE_PAIRS`` random pairs,
     held to ``SLOPE_RANGE``. It is 0 when the lengths barely vary, when too few pairs
@@ -308,7 +301,7 @@ def _length_model(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     y_spread = 1.4826 * float(np.median(np.abs(y - np.median(y))))
     if slope * x_spread <= MIN_EXPLAINED * y_spread:
         return none
-    return np.array([slope, pivot, float(np.quantile(x, 0.01))])
+    return np.array([slope, pivot])
 
 
 def _take_out(y: np.ndarray, adjustment: np.ndarray) -> np.ndarray:
@@ -322,11 +315,10 @@ def _put_back(y: np.ndarray, adjustment: np.ndarray) -> np.ndarray:
 
 
 def _adjustment(model: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """``slope·(x - median x)``, x held at or above the least, of length models ``model``
-    (..., 3) and log lengths ``x`` (broadcast against ``model[..., 0]``); 0 where x is
-    missing."""
-    dx = np.maximum(x, model[..., _LOW]) - model[..., _PIVOT]
-    return np.nan_to_num(model[..., _SLOPE] * dx, nan=0.0)
+    """``slope·max(x - median x, 0)`` of length models ``model`` (..., 2) and log lengths
+    ``x`` (broadcast against ``model[..., 0]``); 0 where x is missing."""
+    dx = np.fmax(x - model[..., _PIVOT], 0.0)  # fmax: a missing x gives 0
+    return model[..., _SLOPE] * dx
 
 
 def feature_names() -> list[str]:

@@ -147,6 +147,7 @@ def reference(detector: AnomalyDetector, rows: list[Row], context: list | None):
     base = np.array([[getattr(r, m) for m in BASE] for r in rows], dtype=float)
     base[:, LOG_SCALED] = np.log1p(base[:, LOG_SCALED])
     median, scale = np.zeros(base.shape), np.ones(base.shape)
+    measured, expected = base.copy(), np.zeros(base.shape)
     level = np.full(base.shape, 2)
     for j in range(len(BASE)):
         where = {key: i for i, key in enumerate(norms.keys[j])}
@@ -156,11 +157,15 @@ def reference(detector: AnomalyDetector, rows: list[Row], context: list | None):
             if found:
                 level[i, j], entry = found[0]
                 median[i, j], scale[i, j] = norms.median[j][entry], norms.scale[j][entry]
-                # Latency and credits: the norm at the row's log length, from the least.
-                slope, pivot, least = norms.length[j][entry]
+                # Latency and credits are divided by what a longer answer than usual
+                # explains; the norm, as the reasons give it, is multiplied by it.
+                slope, pivot = norms.length[j][entry]
+                expected[i, j] = median[i, j]
                 if BY_LENGTH[j] and not np.isnan(base[i, 0]):
-                    median[i, j] += slope * (max(base[i, 0], least) - pivot)
-    z = (base - median) / scale
+                    factor = np.exp(slope * max(base[i, 0] - pivot, 0.0))
+                    measured[i, j] = np.log1p(np.expm1(base[i, j]) / factor)
+                    expected[i, j] = np.log1p(np.expm1(median[i, j]) * factor)
+    z = (measured - median) / scale
     distance = np.nan_to_num(np.where(LOW_SIDE_ONLY, -z, np.abs(z)), nan=0.0)
 
     n_p = len(counts.providers)
@@ -197,7 +202,7 @@ def reference(detector: AnomalyDetector, rows: list[Row], context: list | None):
     strangeness = -detector.forest_.score_samples(evidence)
     forest = (strangeness - detector.forest_center_) / detector.forest_spread_
     evidence = np.column_stack([evidence, forest])
-    return (evidence.max(axis=1), evidence, base, others, raw), (median, level)
+    return (evidence.max(axis=1), evidence, base, others, raw), (expected, level)
 
 
 @pytest.mark.parametrize("with_context", [False, True])
@@ -212,8 +217,8 @@ def test_compiled_scoring_follows_the_definitions(planted, odd, with_context) ->
         np.testing.assert_allclose(have, want, rtol=0, atol=1e-9, err_msg=name)
     # What the reasons name: each measure's norm and whose it is.
     lookup = detector.norms_.lookup(rows)
-    np.testing.assert_array_equal(lookup[0], median)
-    np.testing.assert_array_equal(lookup[2], level)
+    np.testing.assert_allclose(lookup.median, median, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(lookup.level, level)
 
 
 def test_one_row_at_a_time_flags_as_in_a_batch(planted, odd) -> None:
@@ -278,3 +283,83 @@ def test_callers_convert_what_the_kernels_take(planted, odd) -> None:
     other._prepare_context_model()
     assert other.flag(rows, contexts) == expected
     assert other.flag(rows[:1]) == detector.flag(rows[:1])
+
+
+# --- latency and credits at the row's output length ----------------------------------------
+
+
+def lengthy_ledger(n: int = 3000, seed: int = 2) -> list[Row]:
+    """A cheap model whose answers vary 20-fold in length, credits and latency following
+    the output (a prompt's cost and a first token's wait, then per character)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        chars = float(np.round(400 * rng.lognormal(0.0, 1.0)))
+        rows.append(
+            Row(
+                f"r{i}",
+                1.8e9 + i,
+                "gpt",
+                "gpt-4o-mini",
+                f"s{i % 300}",
+                f"w{i % 40}",
+                round((0.01 + 4e-5 * chars) * rng.lognormal(0.0, 0.1), 5),
+                float(np.clip(rng.normal(0.8, 0.05), 0, 1)),
+                (300.0 + 2.0 * chars) * rng.lognormal(0.0, 0.15),
+                chars,
+                ("chat", "report")[i % 2],
+                True,
+                output_unit="chars",
+            )
+        )
+    return rows
+
+
+def test_long_but_ordinary_answers_are_not_flagged(monkeypatch) -> None:
+    rows = lengthy_ledger()
+    long = np.array([r.output_len > 3000 for r in rows])
+    assert long.sum() > 50
+    detector = AnomalyDetector().fit(rows)
+    assert (detector.predict(rows)[long] == -1).mean() < 0.02
+    slope = detector.norms_.length[BASE.index("credits_used")]
+    assert 0.5 < slope[detector.norms_.keys[3].index(f"gpt{SEP}gpt-4o-mini"), 0] < 1.1
+    # Without the slopes, as the norms were: the long answers look like cost anomalies.
+    monkeypatch.setattr(features, "MIN_LENGTH_SPREAD", np.inf)
+    blind = AnomalyDetector().fit(rows)
+    assert (blind.predict(rows)[long] == -1).mean() > 0.2
+
+
+def test_reasons_name_the_measure_with_its_length() -> None:
+    rows = lengthy_ledger()
+    detector = AnomalyDetector().fit(rows)
+    like = rows[0]._replace(id="x", output_len=900.0, latency_ms=2100.0, credits_used=0.046)
+    assert not detector.flag([like])[0]["is_anomaly"]
+    costly = detector.flag([like._replace(credits_used=0.46)])[0]
+    assert costly["is_anomaly"]
+    assert costly["reasons"][0].startswith("credits 0.46 for 900 chars (expected ~0.0")
+    slow = detector.flag([like._replace(output_len=9000.0, latency_ms=400_000.0)])[0]
+    assert slow["reasons"][0].startswith("latency 400.0 s for 9,000 chars (expected ~")
+    empty = detector.flag([like._replace(output_len=0.0)])[0]
+    assert empty["is_anomaly"] and empty["reasons"][0].startswith("output length 0, against")
+    assert not any("unusual combination" in r for r in empty["reasons"] + costly["reasons"])
+
+
+def test_a_model_written_before_length_slopes_scores_as_before(planted, monkeypatch) -> None:
+    import io
+
+    rows = planted[0]
+    with monkeypatch.context() as patch:  # a fit without slopes: the norms as they were
+        patch.setattr(features, "MIN_LENGTH_SPREAD", np.inf)
+        before = AnomalyDetector().fit(rows[:3000])
+    with np.load(io.BytesIO(before.to_bytes())) as npz:
+        arrays = {k: npz[k] for k in npz.files if not k.startswith("norm_length_")}
+    old = io.BytesIO()
+    np.savez_compressed(old, **arrays)
+    loaded = AnomalyDetector.from_bytes(old.getvalue())
+    assert not loaded.norms_._sloped
+    assert loaded.flag(rows[:1000]) == before.flag(rows[:1000])
+    # A model with slopes keeps them through its artifact.
+    after = AnomalyDetector().fit(rows[:3000])
+    again = AnomalyDetector.from_bytes(after.to_bytes())
+    for j in range(len(BASE)):
+        np.testing.assert_array_equal(again.norms_.length[j], after.norms_.length[j])
