@@ -93,30 +93,67 @@ def spec_forest(rows: list[Row]) -> tuple[np.ndarray, np.ndarray]:
     return -plain.score_samples(X.to_numpy()), plain.predict(X.to_numpy()) == -1
 
 
-def scenarios() -> list[tuple[str, list[Row], np.ndarray | None]]:
+Scenario = tuple[str, list[Row], np.ndarray | None, np.ndarray | None]
+
+
+def scenarios() -> list[Scenario]:
     """Ledgers the detector was not designed around: interactions from tests/layouts.py (not
     the simulator; its credits follow output tokens), clean or with 0.2-5% planted
-    anomalies, and the real LLM ledgers of tests/real_ledgers.py (nothing planted)."""
+    anomalies, the same with a cheap model's output lengths far more variable
+    (:func:`variable_output`), and the real LLM ledgers of tests/real_ledgers.py (nothing
+    planted). Each with its name, rows, planted truth (None: nothing planted) and its long
+    answers (None: not a scenario of them)."""
     from tests import real_ledgers
     from tests.layouts import plant_anomalies, write_spec
 
-    out: list[tuple[str, list[Row], np.ndarray | None]] = []
+    out: list[Scenario] = []
     with tempfile.TemporaryDirectory() as tmp:
         write_spec(Path(tmp) / "spec.jsonl", n=30_000, seed=11)
         clean = _rows([Path(tmp) / "spec.jsonl"])
-        out.append(("layouts, clean (30,000)", clean, np.zeros(len(clean), dtype=bool)))
+        out.append(("layouts, clean (30,000)", clean, np.zeros(len(clean), dtype=bool), None))
         for rate in (0.002, 0.01, 0.05):
             rows, truth = plant_anomalies(clean, rate, seed=3)
-            out.append((f"layouts, {rate:.1%} planted", rows, truth))
+            out.append((f"layouts, {rate:.1%} planted", rows, truth, None))
+        variable, long = variable_output(clean, seed=5)
+        out.append(("layouts, variable output, clean", variable, np.zeros(len(clean), bool), long))
+        rows, truth = plant_anomalies(variable, 0.01, seed=3)
+        out.append(("layouts, variable output, 1.0% planted", rows, truth, long & ~truth))
         if real_ledgers.missing() is None:
             for name, write in (
                 ("llmperf (real, legacy)", real_ledgers.write_llmperf_legacy),
                 ("MT-Bench (real, server)", real_ledgers.write_mt_bench_server),
             ):
-                out.append((name, _rows(write(Path(tmp)).ledgers), None))
+                out.append((name, _rows(write(Path(tmp)).ledgers), None, None))
             truth_v4 = real_ledgers.write_routellm_v4(Path(tmp) / "mmlu")
-            out.append(("RouteLLM MMLU (real, v4 + score events)", _rows(truth_v4.ledgers), None))
+            rows = _rows(truth_v4.ledgers)
+            out.append(("RouteLLM MMLU (real, v4 + score events)", rows, None, None))
     return out
+
+
+# gpt-4o-mini's output price in layouts (USD per million tokens), and its credit in USD.
+MINI_USD_OUT, USD_PER_CREDIT, CHARS_PER_TOKEN = 0.6, 0.01, 4.0
+
+
+def variable_output(rows: list[Row], seed: int) -> tuple[list[Row], np.ndarray]:
+    """``rows`` with gpt-4o-mini's outputs ×lognormal(0, 1) in length (1/5 to 5× for most,
+    up to 25×), their credits' output part and 60% of their latency (the generation, not
+    the wait for a first token) scaled alike: long answers, nothing wrong with them. The
+    rows and which of them are long (×3 or more)."""
+    rng = np.random.default_rng(seed)
+    out, long = [], np.zeros(len(rows), dtype=bool)
+    for i, row in enumerate(rows):
+        if row.model == "gpt-4o-mini" and row.output_len:
+            m = float(rng.lognormal(0.0, 1.0))
+            output = row.output_len / CHARS_PER_TOKEN * MINI_USD_OUT / 1e6 / USD_PER_CREDIT
+            credits = max(row.credits_used - output, 0.0) + output * m
+            row = row._replace(
+                output_len=round(row.output_len * m),
+                credits_used=round(credits, 4),
+                latency_ms=(row.latency_ms or 0.0) * (0.4 + 0.6 * m),
+            )
+            long[i] = m >= 3
+        out.append(row)
+    return out, long
 
 
 def _rows(paths) -> list[Row]:
@@ -137,15 +174,13 @@ def scenario_table() -> str:
         "| scenario | rows | ours: flagged | precision | recall | 1% quota: flagged | precision | recall | spec's IsolationForest: flagged | precision | recall |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, rows, truth in scenarios():
+    notes = []
+    for name, rows, truth, long in scenarios():
         cells = []
         ours = AnomalyDetector().fit(rows)
         quota = AnomalyDetector(contamination=0.01).fit(rows)
-        for flagged in (
-            ours.predict(rows) == -1,
-            quota.predict(rows) == -1,
-            spec_forest(rows)[1],
-        ):
+        ours_flagged = ours.predict(rows) == -1
+        for flagged in (ours_flagged, quota.predict(rows) == -1, spec_forest(rows)[1]):
             cells.append(f"{flagged.mean():.2%}")
             if truth is None or not truth.any():
                 cells += ["", ""]
@@ -154,6 +189,12 @@ def scenario_table() -> str:
                 cells += [f"{hits / max(flagged.sum(), 1):.3f}", f"{hits / truth.sum():.3f}"]
         lines.append(f"| {name} | {len(rows):,} | " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)
+        if long is not None:
+            notes.append(
+                f"{name}: {ours_flagged[long].mean():.1%} of its {long.sum():,} long answers "
+                "(output ×3 or more, nothing planted on them) flagged"
+            )
+            print(notes[-1], flush=True)
     return (
         "### Scenario ledgers the detector was not designed around\n\n"
         "In-process, the whole ledger as the training window. *Ours* flags by evidence level "
@@ -161,9 +202,11 @@ def scenario_table() -> str:
         "fixed share, as the last release did; the spec's model is IsolationForest('auto') on "
         "output length, score, latency and provider. Planted kinds, in turn: latency ×8-40, an "
         "empty output, credits ×8-30, a score near 0. The real ledgers have nothing planted "
-        "(llmperf holds real outliers: two calls of ~100 s, truncated outputs).\n\n"
-        + "\n".join(lines)
-        + "\n"
+        "(llmperf holds real outliers: two calls of ~100 s, truncated outputs). *Variable "
+        "output*: the clean ledger with gpt-4o-mini's outputs ×lognormal(0, 1) in length, their "
+        "credits' output part and 60% of their latency scaled alike (the long answers of a cheap "
+        "model: nothing wrong with them); latency and credits are compared at the row's output "
+        "length.\n\n" + "\n".join(lines) + "\n\n" + "; ".join(notes) + ".\n"
     )
 
 
@@ -368,7 +411,7 @@ def pipeline_metrics(seed: int, rows: int) -> dict:
 
 
 def run(seeds: list[int], sizes: list[int], pipeline_seeds: list[int]) -> str:
-    lines = [scenario_table(), incident_table()]
+    lines = [scenario_table(), incident_table(), persona_table()]
     for rows_n in sizes:
         results = []
         for seed in seeds:
@@ -445,11 +488,62 @@ Anomaly recall by planted kind: {", ".join(f"{k} {v:.2f}" for k, v in kinds.item
 """
 
 
+SCENARIO_HEADING = "### Scenario ledgers the detector was not designed around"
+PERSONA_HEADING = "### Personas on scenario ledgers"
+
+
+def persona_table() -> str:
+    """benchmarks/persona_scenarios.py: new groups, a provider switch, a stable ledger."""
+    from threadpoolctl import threadpool_limits
+
+    from benchmarks import persona_scenarios
+
+    intro = (
+        "`benchmarks/persona_scenarios.py` (seed 11): ledgers from a generator of its own, four"
+        " groups of wallets, three training windows (a fit, then two warm-started retrains)."
+        " *Ours* chooses k afresh at each retrain and recomputes each label from its centroid;"
+        " *plain* keeps the previous k within 0.05 silhouette and inherits labels, as the last"
+        " release did."
+    )
+    # One BLAS thread: KMeans on ~1,600 sessions is slower with more on a busy host.
+    with threadpool_limits(1):
+        table = persona_scenarios.markdown()
+    return f"{PERSONA_HEADING}\n\n{intro}\n\n{table}"
+
+
+# The sections ``--only`` can run alone, by the heading each writes under.
+SECTIONS = {"anomalies": (SCENARIO_HEADING, scenario_table), "personas": (PERSONA_HEADING, persona_table)}
+
+
+def replace_section(text: str, heading: str, section: str) -> str:
+    """``text`` with the results section under ``heading`` (up to the next ``###`` or the end
+    marker) replaced by ``section``."""
+    head, rest = text.split(BEGIN, 1)
+    results, tail = rest.split(END, 1)
+    if heading not in results:
+        raise ValueError(f"{DOC}: no section {heading!r} between the result markers")
+    before, after = results.split(heading, 1)
+    following = after.find("\n###")
+    after = after[following + 1 :] if following >= 0 else "\n"
+    return f"{head}{BEGIN}{before}{section.rstrip()}\n\n{after}{END}{tail}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 seeds of 20k rows, 1 drain")
     parser.add_argument("--no-pipeline", action="store_true", help="skip the drain runs")
+    parser.add_argument(
+        "--only",
+        choices=sorted(SECTIONS),
+        help="run one section and replace only it in docs/quality.md",
+    )
     args = parser.parse_args()
+    if args.only:
+        heading, build = SECTIONS[args.only]
+        section = build()
+        DOC.write_text(replace_section(DOC.read_text(), heading, section))
+        print(section)
+        return
     seeds, sizes = ([1, 2], [20_000]) if args.quick else ([1, 2, 3], [20_000, 50_000])
     pipeline_seeds = [] if args.no_pipeline else seeds[:1] if args.quick else seeds[:2]
     started = time.perf_counter()
