@@ -52,6 +52,11 @@ class RedisCollector:
         for queue, n in report["queues"].items():
             depth.add_metric([queue], n)
         yield depth
+        yield GaugeMetricFamily(
+            "thronos_redis_memory_bytes",
+            "Memory Redis uses for the state",
+            value=report["redis_memory"]["used_bytes"],
+        )
         yield from _models(report["models"])
         yield _lag(report["lag_histogram"])
         warnings = len(report["warnings"])

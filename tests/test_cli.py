@@ -140,6 +140,7 @@ def test_status_fits_a_screen_and_keeps_its_json_keys(env, r):
     text = done.stdout.decode()
     assert len(text.splitlines()) <= 40, text
     labels = ("throughput", "lag", "rejected", "anomaly rate", "queue scoring", "anomaly")
+    labels += ("redis memory",)
     for label in (*labels, "score events"):
         assert label in text
 
@@ -150,8 +151,9 @@ def test_status_fits_a_screen_and_keeps_its_json_keys(env, r):
     old |= {"pending", "queues", "models", "last_export"}
     new = {"throughput", "lag", "backlog", "anomaly_rate", "last_rejection", "warnings"}
     new |= {"score_events", "score_events_joined", "score_events_orphaned", "dropped_fields"}
-    new |= {"state_warning"}
+    new |= {"state_warning", "redis_memory"}
     assert old | new <= report.keys()
+    assert report["redis_memory"]["used_bytes"] > 0
     model_keys = {"version", "age_s", "n_samples", "duration_s", "last_failure"}
     assert set(report["models"]["anomaly"]) == model_keys
 

@@ -557,6 +557,15 @@ def _escape(value: Any) -> str:
     return escape(str(value))
 
 
+def _memory_text(memory: dict[str, Any]) -> tuple[str, str]:
+    """Redis's memory (of its limit, if one is set), and what that is per interaction."""
+    used = f"{memory['used_bytes'] / 2**20:,.1f} MiB"
+    if memory["max_bytes"]:
+        used += f" of {memory['max_bytes'] / 2**20:,.0f} MiB"
+    per_row = memory["bytes_per_interaction"]
+    return used, (f"{per_row:,} B per interaction" if per_row is not None else "")
+
+
 def _add_numbers(grid: Any, report: dict[str, Any]) -> None:
     from rich.text import Text
 
@@ -568,6 +577,7 @@ def _add_numbers(grid: Any, report: dict[str, Any]) -> None:
         f" · rejected {f'[yellow]{rejected:,}[/]' if rejected else '0'}"
         f" · waiting for a model {report['pending']:,}",
     )
+    grid.add_row("redis memory", " · ".join(filter(None, _memory_text(report["redis_memory"]))))
     grid.add_row(
         "score events",
         f"{report['score_events']:,} ({report['score_events_joined']:,} joined,"
@@ -890,6 +900,7 @@ def _print_status(report: dict[str, Any]) -> None:
         f"{report['score_events']:,}",
         f"{report['score_events_joined']:,} joined, {report['score_events_orphaned']:,} orphaned",
     )
+    flow.add_row("redis memory", *_memory_text(report["redis_memory"]))
     rejected_style = "yellow" if report["interactions_rejected"] else ""
     reason = (report["last_rejection"] or {}).get("reason", "")
     flow.add_row(

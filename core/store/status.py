@@ -57,6 +57,7 @@ def read_status(
             "duration_s": info.get("duration_s"),
             "last_failure": orjson.loads(failure) if failure else None,
         }
+    report["redis_memory"] = _memory(r, report["interactions_seen"])
     report["dropped_fields"] = dropped_fields(r)
     report["warnings"] = [orjson.loads(v).get("message", "") for v in r.hvals(keys.WARNINGS)]
     incidents = sorted(map(orjson.loads, r.hvals(keys.INCIDENTS)), key=lambda i: -i["since_ts"])
@@ -123,3 +124,14 @@ def _lag_summary(raw: dict[str, float]) -> dict[str, Any]:
                 summary[f"p{q}_over_s"] = LAG_BUCKETS[-1] if bound == "+Inf" else None
                 break
     return summary
+
+
+def _memory(r: Redis, seen: int) -> dict[str, Any]:
+    """Redis's memory, and what it comes to per interaction counted (all state included)."""
+    memory = r.info("memory")
+    used, limit = int(memory["used_memory"]), int(memory.get("maxmemory") or 0)
+    return {
+        "used_bytes": used,
+        "max_bytes": limit or None,
+        "bytes_per_interaction": round(used / seen) if seen else None,
+    }
