@@ -287,6 +287,7 @@ def replay_with_cpu(
 
 def train_first_model(r: Any, path: Path, timeout: float) -> None:
     """Rows ingested with no model wait in PENDING; train, then drain them to scoring."""
+    from thronos_analytics.core import store
     from thronos_analytics.core.messages import send_batch
     from thronos_analytics.drain import wait_until_flagged
     from thronos_analytics.producers.backfill import backfill
@@ -294,10 +295,10 @@ def train_first_model(r: Any, path: Path, timeout: float) -> None:
     from thronos_analytics.workers.celery_app import app
 
     done = backfill(path, send_batch, lambda rejections: None, confirm_with=r, timeout=timeout)
-    result = training.retrain(r, "anomaly", lambda: training.fit_anomaly(r, True))
+    result = training.retrain_model(r, "anomaly", force=True)
     if "version" not in result:
         raise RuntimeError(f"training the first anomaly model failed: {result}")
-    training.drain_pending(r, lambda rows: app.send_task("thronos.score_batch", args=[rows]))
+    store.drain_pending(r, lambda rows: app.send_task("thronos.score_batch", args=[rows]))
     wait_until_flagged(r, done.ids, timeout)
 
 
@@ -307,17 +308,12 @@ def retrain_and_export(r: Any, out: Path) -> dict[str, Any]:
     from thronos_analytics.core.settings import settings
     from thronos_analytics.workers import export, training
 
-    fits = {
-        "anomaly": lambda: training.fit_anomaly(r, True),
-        "profiles": lambda: training.fit_profiles_model(r),
-        "recommender": lambda: training.fit_recommender_model(r),
-        "quality": lambda: training.fit_quality_model(r),
-    }
     timings: dict[str, Any] = {}
     started = time.perf_counter()
-    for name, fit in fits.items():
+    # The four models of the earlier runs, so the figures stay comparable.
+    for name in ("anomaly", "profiles", "recommender", "quality"):
         t = time.perf_counter()
-        result = training.retrain(r, name, fit)
+        result = training.retrain_model(r, name, force=name == "anomaly")
         if "version" not in result:
             raise RuntimeError(f"retrain of {name} failed: {result}")
         timings[name] = {"s": round(time.perf_counter() - t, 2), "n": result.get("n_samples")}

@@ -60,7 +60,7 @@ def _retrain_task(model: registry.Model) -> Any:
         r = store.connect()
         result = training.retrain_model(r, model.name, force)
         if model.scores_rows and "version" in result:
-            result["drained"] = training.drain_pending(r, send_rows)
+            result["drained"] = store.drain_pending(r, send_rows)
         return result
 
     retrain.__name__ = retrain.__qualname__ = model.task.removeprefix("thronos.")

@@ -31,7 +31,6 @@ from thronos_analytics.workers import registry
 
 log = logging.getLogger(__name__)
 LOCK_TTL = 900
-PENDING_CHUNK = 500
 
 
 class Skipped(Exception):
@@ -72,11 +71,6 @@ def retrain(r: store.Redis, name: str, fit: Callable[[], tuple[bytes, dict]]) ->
         "published %s model %s", name, info["version"], extra={"model_version": info["version"]}
     )
     return {"model": name, **info}
-
-
-def drain_pending(r: store.Redis, send: Callable[[list[dict]], None]) -> int:
-    """Send the rows that waited for the first model to scoring, oldest first."""
-    return store.drain_pending(r, send, PENDING_CHUNK)
 
 
 def fit_model(r: store.Redis, model: registry.Model, force: bool = False) -> tuple[bytes, dict]:
