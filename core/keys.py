@@ -1,88 +1,176 @@
 """The Redis key space. Every key the project reads or writes is named here and nowhere else.
 
-Exactly-once bookkeeping rests on two sets: an interaction is *seen* once its id is in
-``SEEN`` (aggregates counted, training window appended) and *scored* once its flag is in
-``FLAGS``. Both are written with set-if-absent inside one Lua script, so a redelivered
-batch changes nothing.
+The state is split in **shards**: one on a single Redis, ``CLUSTER_SHARDS`` on a Redis
+Cluster. An interaction belongs to the shard of its id's 64-bit hash (:func:`ident`), and
+so do its score events, which name it by id. A shard's keys carry one hash tag, so each
+shard lives in one cluster slot and a batch is one Lua call per shard. The control keys
+(models, locks, the export, warnings, rejected lines) share another slot.
+
+Inside a shard, what grows with the ledger is kept per **day** of ledger time (the row's
+``ts``), in ``BUCKETS`` small hashes or sets per day and shard, so Redis keeps them in
+its compact encodings. A day's keys are dropped once the newest row is
+``THRONOS_RETENTION_DAYS`` past it (store.apply_batch): ids, flags, joins and session
+aggregates are exact inside that horizon, and memory stops growing with it.
+
+Exactly-once rests on the per-day ``ix`` hashes: an interaction is *seen* once its id's
+hash is a field there (aggregates counted, training window appended) and *scored* once
+that field holds its flag. Both are written inside one Lua script per shard, after a
+check of every field, so a redelivered batch changes nothing. A row older than the
+horizon cannot be checked against its day any more: it is counted as *late*, once (its
+hash stays in a ``late`` set), and nothing else.
+
+Two different ids share a hash with probability about n²/2⁶⁵ for n ids in a day and
+shard: 3·10⁻⁶ for ten million calls a day. The second would count as a redelivery of the
+first.
 """
 
 from __future__ import annotations
 
+import hashlib
+from functools import cache
+
+from redis.crc import key_slot
+
 from thronos_analytics.core import aggregates
 
 P = "thronos:"
+CONTROL = P + "{c}:"
 
-SEEN = P + "seen"  # SET of interaction ids ingested
+# --- control keys: one slot -----------------------------------------------------------
 # STRING, set once: names this Redis state, so a checkpoint can tell that it was lost
-STATE_ID = P + "state_id"
-FLAGS = P + "flags"  # HASH id -> flag JSON (readable by id)
-# STREAM, one entry per scored batch: n (flags) and f (JSON array of them); capped in entries.
-FLAG_STREAM = P + "flags:batches"
-ANOMALIES = P + "anomalies"  # STREAM of flagged rows with context, capped, for the export
-# STREAM, one entry per batch of new rows: r (JSON array of wire rows). An entry's id is
-# "<rows ever added, up to its last>-0", so the newest N rows are found by id alone.
-WINDOW = P + "window:batches"
-PENDING = P + "pending"  # LIST of wire rows waiting for the first anomaly model
-REJECTED = P + "rejected"  # HASH rejection key -> JSON (count = HLEN, idempotent)
-REJECTED_STREAM = P + "rejected:stream"  # STREAM of rejections, capped
-STATS = P + "stats"  # HASH of counters: anomalies, ...
-ANOMALIES_BY_PROVIDER = P + "stats:anomalies_by_provider"  # HASH provider -> count
-LAG_HISTOGRAM = P + "stats:lag"  # HASH bucket bound -> count, and "sum"
-WORKER_ROWS = P + "stats:worker_rows"  # HASH worker hostname -> rows handled (deliveries)
-WARNINGS = P + "warnings"  # HASH warning key -> JSON, so each is reported once
+STATE_ID = CONTROL + "state_id"
+LAYOUT = CONTROL + "layout"  # STRING: shards and buckets the state was written with
+REJECTED = CONTROL + "rejected"  # HASH rejection key -> JSON (count = HLEN, idempotent)
+REJECTED_STREAM = CONTROL + "rejected:stream"  # STREAM of rejections, capped
+LAG_HISTOGRAM = CONTROL + "stats:lag"  # HASH bucket bound -> count, and "sum"
+WORKER_ROWS = CONTROL + "stats:worker_rows"  # HASH worker hostname -> rows handled
+WARNINGS = CONTROL + "warnings"  # HASH warning key -> JSON, so each is reported once
 # HASH incident key -> JSON: the incidents of the current window, with first_reported_at
-INCIDENTS = P + "incidents"
-# Score events, joined to interactions by id whichever arrives first (see store.apply_scores).
-SCORE_EVENTS = P + "join:events"  # SET of score event ids applied
-SCORES = P + "join:scores"  # HASH interaction id -> its newest event, JSON [ts, id, score, uc]
-# HASH interaction id -> JSON [session, wallet, own score, own use case], for interactions
-# seen without a score or a use case: what a later event needs to correct the aggregates.
-JOIN_ROWS = P + "join:rows"
-# HASH ledger source (e.g. meta.rating) -> rows in which it was unreadable, and dropped
-DROPPED_FIELDS = P + "stats:dropped"
-EXPORT = P + "export"  # HASH: last export's path, time and duration
-AUTOTRAIN_LOCK = P + "lock:autotrain"
+INCIDENTS = CONTROL + "incidents"
+EXPORT = CONTROL + "export"  # HASH: last export's path, time and duration
 
-FLAG_STREAM_MAXLEN = 200  # entries (batches): a few MB in live use, ~70 MB in a backfill
-ANOMALIES_MAXLEN = 10_000
+FLAG_STREAM_MAXLEN = 200  # entries (batches) per shard: a few MB in live use
+ANOMALIES_MAXLEN = 10_000  # per shard
 REJECTED_STREAM_MAXLEN = 10_000
 
-# Per-session and per-wallet aggregates live in one hash per measure, keyed by the
-# session id or wallet, so training reads each measure with a single HGETALL. The measures
-# are defined in core/aggregates.py; pair measures are keyed "<id>\t<provider or use case>".
-AGG_MEASURES = aggregates.NAMES
-PAIR_MEASURES = aggregates.PAIRS
-AGG_SCOPES = tuple(scope for scope, _ in aggregates.SCOPES)
-SESSION_WALLET = P + "agg:session:wallet"  # HASH session -> wallet
-WALLET_SESSIONS = P + "agg:wallet:sessions"  # HASH wallet -> number of sessions
-WALLET_SESSION_SEEN = P + "agg:wallet:session_seen"  # HASH "wallet\tsession" -> 1
-
-def agg(scope: str, measure: str) -> str:
-    """``mix`` and ``uc`` are keyed by ``"<id>\\t<provider or use case>"``; the rest by id."""
-    assert scope in AGG_SCOPES and measure in AGG_MEASURES, (scope, measure)
-    return f"{P}agg:{scope}:{measure}"
+# --- shards ---------------------------------------------------------------------------
+CLUSTER_SHARDS = 16
+BUCKETS = 1024  # per day, over all shards: ~100 rows each at 100k rows a day
+_SLOTS = 16384
 
 
-def model_current(name: str) -> str:
-    return f"{P}model:{name}:current"  # STRING: the published version
+def shards(cluster: bool) -> int:
+    return CLUSTER_SHARDS if cluster else 1
 
 
-def model_blob(name: str, version: str) -> str:
-    return f"{P}model:{name}:{version}"  # STRING: the artifact bytes (npz or JSON)
+@cache
+def _tags(n: int) -> tuple[str, ...]:
+    """A hash tag per shard whose slot lies in the shard's even share of the slots, so
+    shards spread over nodes that split the slots evenly (as ``redis-cli --cluster
+    create`` does)."""
+    tags = []
+    for shard in range(n):
+        low, high = shard * _SLOTS // n, (shard + 1) * _SLOTS // n
+        tags.append(
+            next(
+                f"s{shard}.{i}"
+                for i in range(100_000)
+                if low <= key_slot(f"s{shard}.{i}".encode()) < high
+            )
+        )
+    return tuple(tags)
 
 
-def model_versions(name: str) -> str:
-    return f"{P}model:{name}:versions"  # HASH version -> JSON {trained_at, n_samples, ...}
+def shard_prefix(shard: int, n: int) -> str:
+    """The start of every key of ``shard`` (of ``n``): ``thronos:{<tag>}:``."""
+    return f"{P}{{{_tags(n)[shard]}}}:"
 
 
-def model_failure(name: str) -> str:
-    return f"{P}model:{name}:failure"  # STRING JSON: the last failed retrain, if any
+def ident(interaction_id: str, n: int) -> tuple[int, int, str]:
+    """(shard, bucket within the shard, field) of an id: its 64-bit hash decides all three.
+    The field is the hash as a decimal integer, which Redis stores as an integer."""
+    h = int.from_bytes(hashlib.blake2b(interaction_id.encode(), digest_size=8).digest(), "little")
+    per_shard = BUCKETS // n
+    signed = h - (1 << 64) if h >= 1 << 63 else h
+    return h % n, (h // n) % per_shard, str(signed)
+
+
+def day(ts: float) -> int:
+    """The UTC day of a ledger timestamp: days since the epoch."""
+    return int(ts // 86400)
+
+
+# Keys of a shard, after its prefix. ``{day}`` and ``{bucket}`` are filled in by the store;
+# the Lua scripts build the same names from these templates (store.batch injects them).
+IX = "ix:{day}:{bucket}"  # HASH id hash -> flag record (store.records), "" until scored
+# HASH id hash -> join record: rows without a score or use case of their own, which a
+# later score event can still change (store.records.JoinRecord)
+JOIN = "join:{day}:{bucket}"
+# HASH interaction id hash -> its newest event, for interactions not seen yet; {day} is
+# the shard's clock when the event came
+ORPHANS = "orphans:{day}:{bucket}"
+EVENTS = "events:{day}:{bucket}"  # SET of score event id hashes applied; {day}: the event's
+REASONS = "reasons:{day}"  # HASH id hash -> JSON reasons, for anomalies only
+SESSION_SEEN = "agg:session_seen:{day}"  # HASH "wallet\tsession" -> 1: sessions counted
+SESSION_AGG = "agg:session:{measure}:{day}"  # HASH, see below
+SESSION_WALLET = "agg:session:wallet:{day}"  # HASH session -> wallet
+DAY_KEYS = (IX, JOIN, ORPHANS, EVENTS)  # per day and bucket; dropped with their day
+DAY_WIDE_KEYS = (REASONS, SESSION_SEEN, SESSION_WALLET)  # per day
+UNDATED = "undated"  # the {day} of score events without a ts: never dropped
+LATE = "late:{bucket}"  # SET of id hashes of rows (and "e" + events) past the horizon
+CLOCK = "clock"  # STRING: the newest day seen (no later than tomorrow by the wall clock)
+DAYS = "days"  # SET of the days that hold state
+STATS = "stats"  # HASH of counters: seen, scored, late, anomalies, orphans, ...
+ORPHAN_VERSION = "orphans:version"  # STRING: bumped by every orphan write
+ANOMALIES_BY_PROVIDER = "stats:anomalies_by_provider"  # HASH provider -> count
+DROPPED_FIELDS = "stats:dropped"  # HASH ledger source (e.g. meta.rating) -> rows
+WINDOW = "window:batches"  # STREAM, see store.window: entry ids count rows
+FLAG_STREAM = "flags:batches"  # STREAM, one entry per scored batch: n and f (JSON flags)
+ANOMALIES = "anomalies"  # STREAM of flagged rows with context, capped, for the export
+PENDING = "pending"  # LIST of wire rows waiting for the first anomaly model
+ANOMALY_MODEL = "model:anomaly"  # STRING: set once an anomaly model is published
+WALLET_SESSIONS = "agg:wallet:sessions"  # HASH wallet -> sessions counted in this shard
 
 
 def scored_in_minute(minute: int) -> str:
-    """STRING: rows scored in that minute since the epoch; expires after a few minutes."""
-    return f"{P}stats:scored:{minute}"
+    """STRING, per shard: rows scored in that minute since the epoch; expires."""
+    return f"stats:scored:{minute}"
+
+
+# Per-session and per-wallet aggregates: one hash per measure (core/aggregates.py), keyed
+# by session id or wallet; pair measures are keyed "<id>\t<provider or use case>".
+# Sessions are kept per day, and dropped with it: the wallet's hashes go on counting them.
+# Each shard holds the part of the sums its rows make; readers add the shards up.
+AGG_MEASURES = aggregates.NAMES
+PAIR_MEASURES = aggregates.PAIRS
+
+
+def wallet_agg(measure: str) -> str:
+    assert measure in AGG_MEASURES, measure
+    return f"agg:wallet:{measure}"
+
+
+def session_agg(measure: str, day: int) -> str:
+    assert measure in AGG_MEASURES, measure
+    return SESSION_AGG.format(measure=measure, day=day)
+
+
+# --- control keys with a name ---------------------------------------------------------
+def model_current(name: str) -> str:
+    return f"{CONTROL}model:{name}:current"  # STRING: the published version
+
+
+def model_blob(name: str, version: str) -> str:
+    return f"{CONTROL}model:{name}:{version}"  # STRING: the artifact bytes (npz or JSON)
+
+
+def model_versions(name: str) -> str:
+    return f"{CONTROL}model:{name}:versions"  # HASH version -> JSON {trained_at, ...}
+
+
+def model_failure(name: str) -> str:
+    return f"{CONTROL}model:{name}:failure"  # STRING JSON: the last failed retrain, if any
 
 
 def lock(name: str) -> str:
-    return f"{P}lock:{name}"
+    return f"{CONTROL}lock:{name}"

@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -16,6 +17,13 @@ LEDGER_NAME = "ai_ledger.jsonl"
 def rejected_file(ledger: Path) -> Path:
     """Where a ledger's rejected lines go: ``<stem>.rejected.jsonl`` beside it."""
     return ledger.with_name(ledger.stem + ".rejected.jsonl")
+
+
+def _url_db(url: str) -> str:
+    """The database a redis:// URL names (``?db=`` wins over the path); "0" if none."""
+    parts = urlsplit(url)
+    path = parts.path.strip("/") if parts.scheme in ("redis", "rediss") else ""
+    return parse_qs(parts.query).get("db", [path])[0] or "0"
 
 
 def _env(name: str, default: Any = None, **kw: Any) -> Any:
@@ -36,10 +44,15 @@ class Settings(BaseSettings):
     # nothing may write simulated rows into.
     named_ledgers: Annotated[tuple[Path, ...], NoDecode] = _env("THRONOS_LEDGER", ())
     redis_url: str | None = _env("REDIS_URL")
+    # REDIS_URL names any node of a Redis Cluster; the state is then sharded over its slots.
+    redis_cluster: bool = _env("THRONOS_REDIS_CLUSTER", False)
     broker_url: str | None = _env("CELERY_BROKER_URL")
     anomaly_level: float = _env("THRONOS_ANOMALY_LEVEL", 2.0, gt=0)
     min_train_rows: int = _env("THRONOS_MIN_TRAIN_ROWS", 1000, ge=1)
     window_rows: int = _env("THRONOS_WINDOW_ROWS", 200_000, ge=1)
+    # Days of ledger time inside which every id, flag, score event and session is kept
+    # exactly; older state is dropped (sessions live on in their wallet's aggregates).
+    retention_days: int = _env("THRONOS_RETENTION_DAYS", 8, ge=1, le=366)
     batch_size: int = _env("THRONOS_BATCH_SIZE", 500, ge=1)
     linger_ms: float = _env("THRONOS_LINGER_MS", 5.0, ge=0)
     retrain_seconds: float = _env("THRONOS_RETRAIN_SECONDS", 300.0, gt=0)
@@ -78,6 +91,12 @@ class Settings(BaseSettings):
                 "THRONOS_CONTAMINATION (a fixed share of rows flagged) is replaced by"
                 " THRONOS_ANOMALY_LEVEL (the evidence level above which a row is flagged,"
                 " default 2.0): unset it"
+            )
+        if self.redis_cluster and self.redis_url and (db := _url_db(self.redis_url)) != "0":
+            # redis-py refuses it only at the first connection, with a less clear message.
+            raise ValueError(
+                f"THRONOS_REDIS_CLUSTER=1: a Redis Cluster has only database 0, but REDIS_URL"
+                f" names database {db!r}: end REDIS_URL with /0"
             )
         if self.broker_url is None and self.redis_url:
             object.__setattr__(self, "broker_url", self.redis_url)

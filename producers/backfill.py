@@ -24,7 +24,7 @@ BACKFILL_BATCH = 5000
 
 @dataclass
 class Replay:
-    ids: set[str] = field(default_factory=set)
+    ids: dict[str, float] = field(default_factory=dict)  # id -> ts: where its state is
     rows: int = 0
     events: int = 0
     rejected: int = 0
@@ -62,7 +62,7 @@ def backfill(
                 receipts.add(entries)
                 receipts.wait(below=MAX_WAITING_ROWS, timeout=timeout)
             reject(batch.rejections)
-            replay.ids.update(row.id for row in batch.rows)
+            replay.ids.update((row.id, row.ts) for row in batch.rows)
             replay.rows += len(batch.rows)
             replay.events += len(batch.events)
             replay.rejected += len(batch.rejections)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,10 @@ CHECK_CHUNK = 5000
 
 
 def wait_until_flagged(
-    r: store.Redis, ids: Iterable[str], timeout: float, poll: float = 0.05
+    r: store.Redis, ids: Mapping[str, float], timeout: float, poll: float = 0.05
 ) -> None:
-    """Block until every id has a flag."""
-    missing = list(ids)
+    """Block until every row (id -> ts) has a flag, or was counted late."""
+    missing = list(ids.items())
     deadline = time.monotonic() + timeout
     while missing:
         chunk = store.unflagged(r, missing[:CHECK_CHUNK])
@@ -44,7 +44,7 @@ def drain(
 
     r = store.connect(redis_url)
     started = time.perf_counter()
-    ids: set[str] = set()
+    ids: dict[str, float] = {}
     per_ledger = []
     for path in config.ledgers if ledgers is None else ledgers:
         entry: dict[str, Any] = {"ledger": str(path), "lines": 0, "valid_rows": 0}
@@ -53,7 +53,7 @@ def drain(
             dead_letter = DeadLetter(rejected_file(path), path.name, r)
             # Returns once Redis has seen every row.
             replay = backfill(path, send_batch, dead_letter.record, confirm_with=r, timeout=timeout)
-            ids |= replay.ids
+            ids.update(replay.ids)
             entry.update(
                 lines=replay.lines,
                 valid_rows=replay.rows,

@@ -148,7 +148,7 @@ def _score(r: store.Redis, rows: list[Row], rejected: int) -> dict[str, Any]:
         now = time.time()
         # Scored with its session's and wallet's history as it is now, as in training.
         context = store.provider_context(r, rows, detector.context_.providers)
-        flags = detector.flag(store.joined(rows, joins), context)
+        flags = detector.flag(store.joined(rows, joins.events), context)
         for flag in flags:
             flag["model_version"] = version
             flag["scored_at"] = now

@@ -1,8 +1,9 @@
 """The shared state in Redis, and the only code that talks to Redis.
 
-Producers, workers, ``status`` and the metrics all go through here: the key names are in
-``core/keys.py``, the two exactly-once writes are Lua scripts (``batch.lua``, ``scores.lua``)
-and locks are redis-py's.
+Producers, workers, ``status`` and the metrics all go through here: the key names and
+their sharding are in ``core/keys.py`` (``shards.py`` finds an interaction's), the
+exactly-once writes are Lua scripts (``batch.lua``, ``scores.lua``, ``sessions.lua``), the
+records they keep are in ``records.py``, and locks are redis-py's.
 """
 
 from redis import Redis
@@ -37,6 +38,7 @@ from thronos_analytics.core.store.ledger import (
     first_in,
     flag_of,
     flags_after,
+    flags_of,
     latest_flags,
     latest_rejections,
     record_export,
@@ -49,6 +51,7 @@ from thronos_analytics.core.store.ledger import (
     unflagged,
     unseen,
     was_seen,
+    worker_rows,
 )
 from thronos_analytics.core.store.models import (
     current_model,
@@ -59,10 +62,9 @@ from thronos_analytics.core.store.models import (
     record_failure,
     versions,
 )
-from thronos_analytics.core.store.window import CHECK_CHUNK, window_rows
+from thronos_analytics.core.store.window import window_rows
 
 __all__ = [
-    "CHECK_CHUNK",
     "Joins",
     "JoinsChanged",
     "LAG_BUCKETS",
@@ -80,6 +82,7 @@ __all__ = [
     "dropped_fields",
     "first_in",
     "flag_of",
+    "flags_of",
     "flags_after",
     "hold",
     "joined",
@@ -108,5 +111,6 @@ __all__ = [
     "unseen",
     "versions",
     "was_seen",
+    "worker_rows",
     "window_rows",
 ]

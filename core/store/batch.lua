@@ -1,123 +1,170 @@
--- ARGV: 1 window_max, 2 flag stream max entries, 3 anomalies max, 4 use_model ('1' scored,
--- '0' no model when prepared, '2' park even though a model is published: it is unusable),
--- 5 n_new, 6 n_old, 7 the new rows' aggregates (JSON, see _totals), 8 their window entry
--- (JSON array of wire rows), 9 their flags (JSON array), 10 their anomalies (JSON), 11 the
--- old rows (JSON), 12 the score events the caller joined to new rows (JSON object id ->
--- SCORES value), 13 the new rows' JOIN_ROWS records (JSON array of [id, record]), then the
--- n_new ids, then per-row values: the n_new flags when scoring, or the wire rows of all
--- n_new + n_old rows when parking.
-local window_max, flags_max, anomalies_max = tonumber(ARGV[1]), ARGV[2], ARGV[3]
-local use_model, n_new, n_old = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+-- One shard's part of a batch, written whole or not at all (store.batch.apply_batch).
+-- ARGV: 1 the shard's key prefix, 2 window_max, 3 flag stream max entries, 4 anomalies max,
+-- 5 use_model ('1' scored, '0' no model when prepared, '2' park even though a model is
+-- published: it is unusable), 6 the batch's newest day, 7 retention days, 8 the cutoff day
+-- the caller assumed (rows on or before it are late), 9 buckets per day in a shard, 10 the
+-- orphan version the caller read its joins at, 11 the plan (JSON, see _plan), 12 the new
+-- rows' window entry (JSON array of wire rows), 13 their flags (JSON array), then the new
+-- rows' id hashes, in the plan's groups, then per-row values: the flag records of the new
+-- rows and then the old ones when scoring, or the wire rows of both when parking.
+local prefix, window_max, flags_max, anomalies_max = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local use_model, newest, retention = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+local assumed, buckets = tonumber(ARGV[8]), tonumber(ARGV[9])
+local plan = cjson.decode(ARGV[11])
 local IDS = 14
+local n_new = 0
+for _, g in ipairs(plan.g) do n_new = n_new + g[3] end
 local VALUES = IDS + n_new
 -- unpack() puts its values on Lua's C stack, which holds 8,000.
 local CHUNK = 1000
--- KEYS, as _BATCH_LAYOUT names them (the aggregates' hashes are addressed by index):
-local scored_this_minute = KEYS[#KEYS]
+-- KEYS, as _BATCH_LAYOUT names them:
 
-if use_model == '0' and redis.call('EXISTS', model_current) == 1 then
+if use_model == '0' and redis.call('EXISTS', anomaly_model) == 1 then
   return {0, -1}  -- a model was published meanwhile: the caller scores and calls again
 end
 
--- The caller sends as new the rows it believes SEEN lacks, with their aggregates summed.
--- If SEEN holds any of them (a redelivery), nothing is written and the caller is told
--- which, so it can move them to the old rows and sum again.
-local clash = {}
-for i = 0, n_new - 1, CHUNK do
-  local last = math.min(i + CHUNK, n_new) - 1
-  local member = redis.call('SMISMEMBER', seen, unpack(ARGV, IDS + i, IDS + last))
-  for j = 1, #member do
-    if member[j] == 1 then clash[#clash + 1] = i + j - 1 end
+-- Lateness is decided against the clock as this batch leaves it; a caller that assumed
+-- another is told the clock and sums again.
+local clock = tonumber(redis.call('GET', clock_key) or newest)
+local advanced = math.max(clock, newest)
+if advanced - retention ~= assumed then return {'clock', tostring(clock)} end
+
+-- The caller sends as new the rows it believes unseen, with their aggregates summed.
+-- If any is seen (a redelivery), nothing is written and the caller is told which, so
+-- it can move them to the old rows and sum again.
+local clash, at = {}, IDS
+for _, g in ipairs(plan.g) do
+  local key = ix(g[1], g[2])
+  for i = 0, g[3] - 1, CHUNK do
+    local last = math.min(i + CHUNK, g[3]) - 1
+    local held = redis.call('HMGET', key, unpack(ARGV, at + i, at + last))
+    for j = 1, #held do
+      if held[j] then clash[#clash + 1] = at + i + j - 1 - IDS end
+    end
   end
+  at = at + g[3]
 end
 if #clash > 0 then return {'clash', clash} end
 
--- The aggregates count each new row's score event as the caller read it; if one arrived
--- since, the caller joins again.
-local joined = cjson.decode(ARGV[12])
-if n_new > 0 and redis.call('HLEN', scores) > 0 then
-  for i = 0, n_new - 1, CHUNK do
-    local last = math.min(i + CHUNK, n_new) - 1
-    local now = redis.call('HMGET', scores, unpack(ARGV, IDS + i, IDS + last))
-    for j = 1, #now do
-      if (now[j] or false) ~= (joined[ARGV[IDS + i + j - 1]] or false) then return {'rejoin', 0} end
+-- The aggregates count each new row's score event as the caller read it; if an orphan
+-- event arrived since, the caller joins again.
+if (redis.call('GET', orphan_version) or '') ~= ARGV[10] then return {'rejoin', 0} end
+
+if advanced > clock or redis.call('EXISTS', clock_key) == 0 then
+  redis.call('SET', clock_key, advanced)
+end
+
+-- A late row is counted once, unless its day, which is leaving, still holds it.
+local late = 0
+for _, l in ipairs(plan.late) do
+  if redis.call('HEXISTS', ix(l[1], l[2]), l[3]) == 0 then
+    late = late + redis.call('SADD', late_set(l[2]), l[3])
+  end
+end
+if late > 0 then redis.call('HINCRBY', stats, 'late', late) end
+
+-- Days that left the horizon go, with everything kept for them, once no row waits for a
+-- model: a waiting row is still to be flagged in its day.
+local function evict()
+  if redis.call('LLEN', pending) > 0 then return end
+  for _, d in ipairs(redis.call('SMEMBERS', days_key)) do
+    if tonumber(d) <= advanced - retention then
+      for b = 0, buckets - 1 do
+        local waiting = redis.call('HLEN', orphans(d, b))
+        if waiting > 0 then
+          redis.call('HINCRBY', stats, 'orphans', -waiting)
+          redis.call('HINCRBY', stats, 'orphans_expired', waiting)
+        end
+        for _, key in ipairs(day_keys(d, b)) do redis.call('UNLINK', key) end
+      end
+      for _, key in ipairs(day_wide_keys(d)) do redis.call('UNLINK', key) end
+      redis.call('SREM', days_key, d)
     end
   end
 end
 
-for i = 0, n_new - 1, CHUNK do
-  redis.call('SADD', seen, unpack(ARGV, IDS + i, IDS + math.min(i + CHUNK, n_new) - 1))
-end
-if n_new > 0 then
-  -- The batch's aggregates, summed by the caller: one call per session or wallet and measure.
-  local totals = cjson.decode(ARGV[7])
-  for _, t in ipairs(totals.i) do redis.call('HINCRBY', KEYS[t[1]], t[2], t[3]) end
-  for _, t in ipairs(totals.f) do redis.call('HINCRBYFLOAT', KEYS[t[1]], t[2], t[3]) end
-  for _, t in ipairs(totals.sw) do redis.call('HSET', session_wallet, t[1], t[2]) end
-  for _, t in ipairs(totals.p) do
-    if redis.call('HSETNX', wallet_session_seen, t[2], 1) == 1 then
-      redis.call('HINCRBY', wallet_sessions, t[1], 1)
+local function write_new(values_at)
+  local at = IDS
+  for _, g in ipairs(plan.g) do
+    local key = ix(g[1], g[2])
+    for i = 0, g[3] - 1, CHUNK do
+      local fields = {}
+      for j = i, math.min(i + CHUNK, g[3]) - 1 do
+        fields[#fields + 1] = ARGV[at + j]
+        fields[#fields + 1] = values_at and ARGV[values_at + at - IDS + j] or ''
+      end
+      redis.call('HSET', key, unpack(fields))
     end
+    at = at + g[3]
   end
-  for _, t in ipairs(totals.d) do redis.call('HINCRBY', dropped, t[1], t[2]) end
-  for _, t in ipairs(cjson.decode(ARGV[13])) do redis.call('HSET', join_rows, t[1], t[2]) end
-  if totals.j > 0 then redis.call('HINCRBY', stats, 'score_events_joined', totals.j) end
+end
+
+if n_new > 0 then
+  for _, d in ipairs(plan.days) do redis.call('SADD', days_key, d) end
+  redis.call('HINCRBY', stats, 'seen', n_new)
+  -- The batch's aggregates, summed by the caller: one call per session or wallet and measure.
+  local agg = plan.k
+  for _, t in ipairs(plan.i) do redis.call('HINCRBY', prefix .. agg[t[1]], t[2], t[3]) end
+  for _, t in ipairs(plan.f) do redis.call('HINCRBYFLOAT', prefix .. agg[t[1]], t[2], t[3]) end
+  for _, t in ipairs(plan.sw) do redis.call('HSET', session_wallet(t[1]), t[2], t[3]) end
+  for _, t in ipairs(plan.d) do redis.call('HINCRBY', dropped, t[1], t[2]) end
+  for _, t in ipairs(plan.jr) do redis.call('HSET', join(t[1], t[2]), t[3], t[4]) end
+  for _, t in ipairs(plan.oh) do redis.call('HDEL', orphans(t[1], t[2]), t[3]) end
+  if #plan.oh > 0 then redis.call('HINCRBY', stats, 'orphans', -#plan.oh) end
+  if plan.j > 0 then redis.call('HINCRBY', stats, 'score_events_joined', plan.j) end
   local top = redis.call('XREVRANGE', window, '+', '-', 'COUNT', 1)
   local total = n_new
   if #top > 0 then total = total + tonumber(string.match(top[1][1], '^%d+')) end
   -- Keep every entry that holds one of the newest window_max rows.
   redis.call('XADD', window, 'MINID', string.format('%d', math.max(total - window_max + 1, 0)),
-             string.format('%d-0', total), 'r', ARGV[8])
+             string.format('%d-0', total), 'r', ARGV[12])
 end
 
 if use_model ~= '1' then
   -- No usable model: all rows, old ones too, wait in PENDING for the next training to drain.
-  local n = n_new + n_old
+  write_new(nil)
+  local n = n_new + plan.no
   for i = 0, n - 1, CHUNK do
     redis.call('RPUSH', pending, unpack(ARGV, VALUES + i, VALUES + math.min(i + CHUNK, n) - 1))
   end
-  return {n_new, 0}
+  return {n_new, 0, late}  -- PENDING holds rows: nothing leaves
 end
 
-local function count_anomaly(provider, record)
+local function count_anomaly(a)
+  -- a: provider, record, day, id hash, reasons
   redis.call('HINCRBY', stats, 'anomalies', 1)
-  redis.call('HINCRBY', by_provider, provider, 1)
-  redis.call('XADD', anomalies, 'MAXLEN', '~', anomalies_max, '*', 'a', record)
+  redis.call('HINCRBY', by_provider, a[1], 1)
+  redis.call('XADD', anomalies, 'MAXLEN', '~', anomalies_max, '*', 'a', a[2])
+  redis.call('HSET', reasons(a[3]), a[4], a[5])
 end
 
--- New rows have no flag yet: flags are only written here, after SADD.
-for i = 0, n_new - 1, CHUNK do
-  local fields = {}
-  for j = i, math.min(i + CHUNK, n_new) - 1 do
-    fields[#fields + 1] = ARGV[IDS + j]
-    fields[#fields + 1] = ARGV[VALUES + j]
-  end
-  redis.call('HSET', flags, unpack(fields))
-end
+-- New rows have no flag yet: flags are only written here, after the check.
+write_new(VALUES)
 if n_new > 0 then
-  redis.call('XADD', flag_stream, 'MAXLEN', '~', flags_max, '*', 'n', n_new, 'f', ARGV[9])
-  for _, a in ipairs(cjson.decode(ARGV[10])) do count_anomaly(a[1], a[2]) end
+  redis.call('XADD', flag_stream, 'MAXLEN', '~', flags_max, '*', 'n', n_new, 'f', ARGV[13])
+  for _, a in ipairs(plan.an) do count_anomaly(a) end
 end
 
--- Old rows were seen before; those without a flag yet get theirs now, once.
-local scored, late = n_new, {}
-if n_old > 0 then
-  for _, o in ipairs(cjson.decode(ARGV[11])) do
-    local id, flag, provider, record = o[1], o[2], o[3], o[4]
-    if redis.call('HSETNX', flags, id, flag) == 1 then
-      scored = scored + 1
-      late[#late + 1] = flag
-      if record ~= '' then count_anomaly(provider, record) end
-    end
+-- Old rows were seen before; those still without a flag get theirs now, once.
+local scored, flagged = n_new, {}
+for _, o in ipairs(plan.old) do
+  -- o: day, bucket, id hash, the ARGV of its flag record, flag JSON, anomaly (or false)
+  local key = ix(o[1], o[2])
+  if redis.call('HGET', key, o[3]) == '' then
+    redis.call('HSET', key, o[3], ARGV[o[4]])
+    scored = scored + 1
+    flagged[#flagged + 1] = o[5]
+    if o[6] then count_anomaly(o[6]) end
   end
 end
-if #late > 0 then
-  redis.call('XADD', flag_stream, 'MAXLEN', '~', flags_max, '*', 'n', #late,
-             'f', '[' .. table.concat(late, ',') .. ']')
+if #flagged > 0 then
+  redis.call('XADD', flag_stream, 'MAXLEN', '~', flags_max, '*', 'n', #flagged,
+             'f', '[' .. table.concat(flagged, ',') .. ']')
 end
 if scored > 0 then
-  redis.call('HINCRBY', stats, 'scored', scored)  -- equals HLEN flags unless one was sent twice
+  redis.call('HINCRBY', stats, 'scored', scored)
   redis.call('INCRBY', scored_this_minute, scored)
   redis.call('EXPIRE', scored_this_minute, 300)
 end
-return {n_new, scored}
+evict()
+return {n_new, scored, late}

@@ -1,11 +1,15 @@
-"""The two writes that must be exactly once, each one Lua script that Redis runs whole or
-not at all: a batch of rows (``apply_batch``, batch.lua) and score events (``apply_scores``,
-scores.lua). A batch delivered twice leaves the state as it was after once."""
+"""The writes that must be exactly once, each one Lua script per shard that Redis runs
+whole or not at all: a batch of rows (``apply_batch``, batch.lua), score events
+(``apply_scores``, scores.lua) and the sessions each wallet has had (sessions.lua). A batch
+delivered twice leaves the state as it was after once."""
 
 from __future__ import annotations
 
+import re
 import time
+from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -16,74 +20,167 @@ from redis import Redis
 from thronos_analytics.core import aggregates, keys
 from thronos_analytics.core.contract import Row, ScoreEvent
 from thronos_analytics.core.settings import settings
+from thronos_analytics.core.store.records import pack_flag
+from thronos_analytics.core.store.shards import (
+    Ident,
+    Shard,
+    all_shards,
+    by_shard,
+    days_held,
+    hash_values,
+    ident,
+)
 
-_APPLY_BATCH = (Path(__file__).parent / "batch.lua").read_text()
+_HERE = Path(__file__).parent
+
+# --- the scripts, with core/keys.py's names and templates injected -----------------------
+
+# Key templates as Lua functions of their parts: ix(day, bucket) -> the shard's key.
+_TEMPLATES = {
+    "ix": keys.IX,
+    "join": keys.JOIN,
+    "orphans": keys.ORPHANS,
+    "events": keys.EVENTS,
+    "reasons": keys.REASONS,
+    "session_wallet": keys.SESSION_WALLET,
+    "session_seen": keys.SESSION_SEEN,
+    "late_set": keys.LATE,
+    **{f"session_{m}": keys.SESSION_AGG.replace("{measure}", m) for m in keys.AGG_MEASURES},
+}
+_PART = re.compile(r"\{(\w+)\}")
 
 
+def _lua_function(name: str, template: str) -> str:
+    parts = _PART.findall(template)
+    pieces = [f"'{text}'" if i % 2 == 0 else text for i, text in enumerate(_PART.split(template))]
+    body = " .. ".join(["prefix", *(p for p in pieces if p != "''")])
+    return f"local function {name}({', '.join(parts)}) return {body} end\n"
 
-def _with_keys(script: str, name: str, layout: Sequence[tuple[str | None, str]]) -> str:
-    """``script`` with ``local <name> = KEYS[<i>]`` for each key of ``layout`` it names,
-    after its line "-- KEYS, as <name> names them": positions follow the layout."""
+
+def _lua_key_functions() -> str:
+    """The templates' functions, and ``day_keys(day, bucket)`` and ``day_wide_keys(day)``:
+    every key that goes with a day (those with ``{day}``), which leaves with it."""
+    out = "".join(_lua_function(name, t) for name, t in _TEMPLATES.items())
+    parts = {name: set(_PART.findall(t)) for name, t in _TEMPLATES.items()}
+    per_bucket = [f"{n}(day, bucket)" for n, p in parts.items() if p == {"day", "bucket"}]
+    per_day = [f"{n}(day)" for n, p in parts.items() if p == {"day"}]
+    out += f"local function day_keys(day, bucket) return {{{', '.join(per_bucket)}}} end\n"
+    out += f"local function day_wide_keys(day) return {{{', '.join(per_day)}}} end\n"
+    return out
+
+
+def _with_keys(script: str, name: str, layout: Sequence[tuple[str, str]]) -> str:
+    """``script`` with ``local <name> = KEYS[<i>]`` for each key of ``layout`` after its line
+    "-- KEYS, as <name> names them", and the key templates' functions after that."""
     marker = script.index("\n", script.index(f"-- KEYS, as {name} names them")) + 1
-    named = "".join(f"local {n} = KEYS[{i}]\n" for i, (n, _) in enumerate(layout, 1) if n)
-    return script[:marker] + named + script[marker:]
+    named = "".join(f"local {n} = KEYS[{i}]\n" for i, (n, _) in enumerate(layout, 1))
+    named += "local prefix = ARGV[1]\n" if "local prefix" not in script else ""
+    return script[:marker] + named + _lua_key_functions() + script[marker:]
 
 
-_MEASURES = aggregates.MEASURES
-# The script's KEYS, with the names its Lua gives them. The aggregates' hashes, one per scope
-# and measure of core/aggregates.py, are unnamed: _totals addresses them by index (_AGG_KEY).
-_BATCH_LAYOUT: list[tuple[str | None, str]] = [
-    ("seen", keys.SEEN),
-    ("flags", keys.FLAGS),
+# The shard keys each script declares (all in the shard's slot), with their Lua names.
+_BATCH_LAYOUT = [
+    ("stats", keys.STATS),
+    ("window", keys.WINDOW),
     ("flag_stream", keys.FLAG_STREAM),
     ("anomalies", keys.ANOMALIES),
-    ("window", keys.WINDOW),
     ("pending", keys.PENDING),
-    ("stats", keys.STATS),
     ("by_provider", keys.ANOMALIES_BY_PROVIDER),
-    ("model_current", keys.model_current("anomaly")),
-    ("session_wallet", keys.SESSION_WALLET),
-    ("wallet_sessions", keys.WALLET_SESSIONS),
-    ("wallet_session_seen", keys.WALLET_SESSION_SEEN),
-    *((None, keys.agg(scope, m.name)) for scope, _ in aggregates.SCOPES for m in _MEASURES),
-    ("scores", keys.SCORES),
-    ("join_rows", keys.JOIN_ROWS),
     ("dropped", keys.DROPPED_FIELDS),
+    ("anomaly_model", keys.ANOMALY_MODEL),
+    ("clock_key", keys.CLOCK),
+    ("days_key", keys.DAYS),
+    ("orphan_version", keys.ORPHAN_VERSION),
+    ("scored_this_minute", "stats:scored:<minute>"),  # filled in per call
 ]
-_BATCH_KEYS = [key for _, key in _BATCH_LAYOUT]
-# Per scope, its Row field and Lua's 1-based KEYS index of its hash of each measure.
-_SCOPE_KEYS = [
-    (attr, [_BATCH_KEYS.index(keys.agg(scope, m.name)) + 1 for m in _MEASURES])
-    for scope, attr in aggregates.SCOPES
+_SCORES_LAYOUT = [
+    ("stats", keys.STATS),
+    ("clock_key", keys.CLOCK),
+    ("days_key", keys.DAYS),
+    ("orphan_version", keys.ORPHAN_VERSION),
+    *((f"wallet_{m}", keys.wallet_agg(m)) for m in ("score_sum", "score_n", "uc")),
 ]
-_MEASURE_PLAN = [(m, m.integer, m.per) for m in _MEASURES]
+_SESSIONS_LAYOUT = [
+    ("clock_key", keys.CLOCK),
+    ("days_key", keys.DAYS),
+    ("wallet_sessions", keys.WALLET_SESSIONS),
+]
+
+
+@cache
+def _scripts() -> dict[str, str]:
+    read = lambda name: (_HERE / f"{name}.lua").read_text()  # noqa: E731
+    return {
+        "batch": _with_keys(read("batch"), "_BATCH_LAYOUT", _BATCH_LAYOUT),
+        "scores": _with_keys(read("scores"), "_SCORES_LAYOUT", _SCORES_LAYOUT),
+        "sessions": _with_keys(read("sessions"), "_SESSIONS_LAYOUT", _SESSIONS_LAYOUT),
+    }
+
+
+def _run(
+    r: Redis, name: str, shard: Shard, layout: Sequence[tuple[str, str]], args: list[Any]
+) -> Any:
+    # register_script caches the SHA and falls back to EVAL after a Redis restart.
+    names = [shard.prefix + key for _, key in layout]
+    if name == "batch":
+        names[-1] = shard.prefix + keys.scored_in_minute(int(time.time() // 60))
+    return r.register_script(_scripts()[name])(keys=names, args=[shard.prefix, *args])
+
+
+# --- score events joined to rows --------------------------------------------------------
 
 
 class JoinsChanged(Exception):
     """A score event for one of the batch's rows arrived after :func:`read_joins`."""
 
 
-Joins = dict[str, bytes]  # interaction id -> its newest score event, as SCORES holds it
+@dataclass
+class Joins:
+    """The newest waiting score event of each row that has one, and where it waits."""
+
+    events: dict[str, bytes] = field(default_factory=dict)  # id -> [ts, id, score, uc]
+    days: dict[str, int] = field(default_factory=dict)  # id -> the orphan hash's day
+    versions: dict[int, bytes] = field(default_factory=dict)  # shard -> orphan version
 
 
 def read_joins(r: Redis, rows: Sequence[Row]) -> Joins:
-    """The newest score event of each of ``rows`` that has one."""
-    if not rows or not r.hlen(keys.SCORES):
-        return {}
-    ids = [row.id for row in rows]
-    return {i: v for i, v in zip(ids, r.hmget(keys.SCORES, ids), strict=True) if v is not None}
+    """The score events that came before their rows, as the shards hold them now."""
+    shards = all_shards()
+    pipe = r.pipeline(transaction=False)
+    for shard in shards:
+        pipe.get(shard.prefix + keys.ORPHAN_VERSION)
+        pipe.hget(shard.prefix + keys.STATS, "orphans")
+    replies = pipe.execute()
+    joins = Joins(versions={s.index: replies[2 * s.index] or b"" for s in shards})
+    waiting = {s.index for s in shards if int(replies[2 * s.index + 1] or 0) > 0}
+    if not rows or not waiting:
+        return joins
+    open_rows = [row for row in rows if ident(row.id, None).shard in waiting]
+    found = hash_values(r, keys.ORPHANS, [ident(row.id, None) for row in open_rows])
+    for row, hit in zip(open_rows, found, strict=True):
+        if hit is not None:
+            joins.days[row.id], joins.events[row.id] = hit
+    return joins
 
 
-def joined(rows: Sequence[Row], joins: Joins) -> list[Row]:
+def joined(rows: Sequence[Row], events: dict[str, bytes]) -> list[Row]:
     """``rows`` with their score events applied (:meth:`ScoreEvent.fill`)."""
-    if not joins:
+    if not events:
         return list(rows)
-    return [_fill(row, joins[row.id]) if row.id in joins else row for row in rows]
+    return [_fill(row, events[row.id]) if row.id in events else row for row in rows]
 
 
 def _fill(row: Row, stored: bytes) -> Row:
     ts, event_id, score, use_case = orjson.loads(stored)
     return ScoreEvent(event_id, row.id, ts or None, score, use_case).fill(row)
+
+
+def scores_value(event: ScoreEvent) -> bytes:
+    """An event as the state keeps it: what ordering and joining need, [ts, id, score, uc]."""
+    return orjson.dumps([event.ts or 0, event.id, event.score, event.use_case])
+
+
+# --- live context for scoring -----------------------------------------------------------
 
 
 def provider_context(
@@ -96,18 +193,33 @@ def provider_context(
     whos = {
         scope: sorted({getattr(row, attr) for row in rows} - {None, ""}) for scope, attr in scopes
     }
+    idents = [ident(row.id, row.ts) for row in rows]
+    seen = [hit is not None for hit in hash_values(r, keys.IX, idents)]
+    days = days_held(r)
+    counts: dict[str, dict[str, dict[str, float]]] = {
+        scope: {who: dict.fromkeys(providers, 0.0) for who in whos[scope]} for scope, _ in scopes
+    }
+    reads: list[tuple[str, list[tuple[str, str]]]] = []
     pipe = r.pipeline(transaction=False)
-    pipe.smismember(keys.SEEN, [row.id for row in rows])
     for scope, _ in scopes:
-        fields = [f"{who}\t{p}" for who in whos[scope] for p in providers]
-        pipe.hmget(keys.agg(scope, "mix"), fields) if fields else pipe.echo("")
-    seen, *mixes = pipe.execute()
-    counts: dict[str, dict[str, dict[str, float]]] = {}
-    for (scope, _), mix in zip(scopes, mixes, strict=True):
-        held = counts[scope] = {}
-        values = iter(mix or [])
-        for who in whos[scope]:
-            held[who] = {p: float(next(values) or 0) for p in providers}
+        pairs = [(who, p) for who in whos[scope] for p in providers]
+        if not pairs:
+            continue
+        fields = [f"{who}\t{p}" for who, p in pairs]
+        for shard in all_shards():
+            names = (
+                [shard.prefix + keys.wallet_agg("mix")]
+                if scope == "wallet"
+                else [shard.prefix + keys.session_agg("mix", d) for d in days[shard.index]]
+            )
+            for name in names:
+                pipe.hmget(name, fields)
+                reads.append((scope, pairs))
+    for (scope, pairs), values in zip(reads, pipe.execute(), strict=True):
+        held = counts[scope]
+        for (who, p), value in zip(pairs, values, strict=True):
+            if value is not None:
+                held[who][p] += float(value)
     new_ids: set[str] = set()
     for row, was_seen in zip(rows, seen, strict=True):
         if was_seen or row.id in new_ids:
@@ -131,6 +243,15 @@ def provider_context(
     return context
 
 
+# --- a batch of rows --------------------------------------------------------------------
+
+# The newest day a shard's clock may reach: tomorrow by the wall clock, so one row with
+# a clock error cannot make every other row late.
+_clocks: dict[str, int] = {}
+# ARGV before the new rows' id hashes: the prefix, 10 settings, the plan, window, flags.
+_FIXED_ARGS = 13  # shard prefix -> its clock as last heard; the script corrects
+
+
 def apply_batch(
     r: Redis,
     rows: Sequence[Row],
@@ -146,166 +267,234 @@ def apply_batch(
 
     Returns (rows new to the ledger state, flags newly published); -1 flags means a model
     appeared while the batch was being prepared, so the caller should score and retry,
-    unless ``park_anyway`` (the published model is unusable).
+    unless ``park_anyway`` (the published model is unusable). Rows older than the
+    retention horizon are counted as late (``counts()["late"]``), once, and nothing else.
 
-    Rows are sent as new (summed here, written with a few calls per batch) unless SEEN
-    holds them; the script reports any it does hold and this sends again without them.
-    A repeated id within the batch counts once.
+    Each shard's rows are sent as new (summed here, written with a few calls per shard)
+    unless its state holds them; the script names any it does hold and this sends again
+    without them. A repeated id within the batch counts once.
     """
-    joins = joins or {}
+    joins = joins or Joins()
     use_model = "1" if flags is not None else "2" if park_anyway else "0"
-    flag_json = [orjson.dumps(flag) for flag in flags] if flags is not None else []
     first: dict[str, int] = {}
     for i, row in enumerate(rows):
         first.setdefault(row.id, i)
-    new = list(first.values())
-    while True:
-        reply = _script(r, "apply_batch")(
-            # Last: this minute's counter of scored rows.
-            keys=[*_BATCH_KEYS, keys.scored_in_minute(int(time.time() // 60))],
-            args=_batch_args(rows, flags, flag_json, new, use_model, joins),
+    idents = {i: ident(rows[i].id, rows[i].ts) for i in first.values()}
+    shards = all_shards()
+    new = scored = 0
+    for shard, members in sorted(by_shard(first.values(), lambda i: idents[i].shard).items()):
+        batch = _ShardBatch(shards[shard], rows, flags, members, idents, use_model, joins)
+        n, s = batch.apply(r)
+        if s == -1:
+            return new, -1
+        new, scored = new + n, scored + s
+    _count_sessions(r, [rows[i] for i in first.values()])
+    return new, scored
+
+
+@dataclass
+class _ShardBatch:
+    shard: Shard
+    rows: Sequence[Row]
+    flags: Sequence[dict[str, Any]] | None
+    members: list[int]
+    idents: dict[int, Ident]
+    use_model: str
+    joins: Joins
+
+    def apply(self, r: Redis) -> tuple[int, int]:
+        config = settings()
+        tomorrow = keys.day(time.time()) + 1
+        newest = max(min(self.idents[i].day, tomorrow) for i in self.members)
+        clock = _clocks.get(self.shard.prefix, newest)
+        old: set[int] = set()
+        while True:
+            cutoff = max(clock, newest) - config.retention_days
+            plan, args = self._plan(cutoff, old)
+            reply = _run(
+                r,
+                "batch",
+                self.shard,
+                _BATCH_LAYOUT,
+                [
+                    max(-(-config.window_rows // len(all_shards())), 1),
+                    keys.FLAG_STREAM_MAXLEN,
+                    keys.ANOMALIES_MAXLEN,
+                    self.use_model,
+                    newest,
+                    config.retention_days,
+                    cutoff,
+                    keys.BUCKETS // len(all_shards()),
+                    self.joins.versions.get(self.shard.index, b""),
+                    *args,
+                ],
+            )
+            if reply[0] == b"clock":
+                clock = _clocks[self.shard.prefix] = int(reply[1])
+            elif reply[0] == b"clash":
+                old |= {plan[int(i)] for i in reply[1]}
+            elif reply[0] == b"rejoin":
+                raise JoinsChanged
+            else:
+                _clocks[self.shard.prefix] = max(clock, newest)
+                return int(reply[0]), int(reply[1])
+
+    def _plan(self, cutoff: int, old: set[int]) -> tuple[list[int], list[Any]]:
+        """The new rows in the order the script reads them, and the script's arguments
+        after the fixed ones (ARGV 11 on)."""
+        rows, flags, idents = self.rows, self.flags, self.idents
+        late = [i for i in self.members if idents[i].day <= cutoff and i not in old]
+        gone = set(late)
+        fresh = sorted(
+            (i for i in self.members if i not in old and i not in gone),
+            key=lambda i: (idents[i].day, idents[i].bucket),
         )
-        if reply[0] == b"rejoin":
-            raise JoinsChanged
-        if reply[0] != b"clash":
-            return int(reply[0]), int(reply[1])
-        seen = {new[int(i)] for i in reply[1]}
-        new = [i for i in new if i not in seen]
+        stale = [i for i in self.members if i in old]
+        groups: list[list[int]] = []
+        for i in fresh:
+            d, b = idents[i].day, idents[i].bucket
+            if groups and groups[-1][0] == d and groups[-1][1] == b:
+                groups[-1][2] += 1
+            else:
+                groups.append([d, b, 1])
+        events = self.joins.events
+        fresh_rows = [rows[i] for i in fresh]
+        plan: dict[str, Any] = _totals(joined(fresh_rows, events), [idents[i].day for i in fresh])
+        plan.update(
+            g=groups,
+            late=[[idents[i].day, idents[i].bucket, idents[i].field] for i in late],
+            days=sorted({idents[i].day for i in fresh}),
+            no=len(stale),
+        )
+        jr, oh = [], []
+        for i in fresh:
+            row, at = rows[i], idents[i]
+            event = orjson.loads(events[row.id]) if row.id in events else [None] * 4
+            if row.id in events:
+                oh.append([self.joins.days[row.id], at.bucket, at.field])
+            if row.score is None or row.use_case is None or row.id in events:
+                record = [row.session_id, row.wallet, row.score, row.use_case, *event]
+                jr.append([at.day, at.bucket, at.field, orjson.dumps(record).decode()])
+        plan.update(jr=jr, oh=oh, j=len(oh))
+        an, olds = [], []
+        if flags is not None:
+            packed = {i: pack_flag(flags[i]) for i in fresh + stale}
+            flag_json = {i: orjson.dumps(flags[i]) for i in fresh + stale}
+            for i in fresh:
+                if flags[i]["is_anomaly"]:
+                    an.append(_anomaly(rows[i], flags[i], idents[i]))
+            # Flag records are binary, which JSON cannot carry: old rows name their ARGV.
+            first_old = _FIXED_ARGS + 2 * len(fresh) + 1
+            for k, i in enumerate(stale):
+                anomaly = (
+                    _anomaly(rows[i], flags[i], idents[i]) if flags[i]["is_anomaly"] else False
+                )
+                at = idents[i]
+                olds.append([at.day, at.bucket, at.field, first_old + k, flag_json[i], anomaly])
+            values: list[Any] = [packed[i] for i in fresh] + [packed[i] for i in stale]
+            streamed = b"[" + b",".join(flag_json[i] for i in fresh) + b"]"
+        else:
+            values = [orjson.dumps(rows[i].to_wire()) for i in fresh + stale]
+            streamed = b""
+        plan.update(an=an, old=olds)
+        return fresh, [
+            orjson.dumps(plan, default=bytes.decode),
+            # The window keeps rows as the ledger has them; readers join events (window_rows).
+            orjson.dumps([row.to_wire() for row in fresh_rows]),
+            streamed,
+            *(idents[i].field for i in fresh),
+            *values,
+        ]
 
 
-def _batch_args(
-    rows: Sequence[Row],
-    flags: Sequence[dict[str, Any]] | None,
-    flag_json: list[bytes],
-    new: list[int],
-    use_model: str,
-    joins: Joins,
-) -> list[Any]:
-    is_new = set(new)
-    old = [i for i in range(len(rows)) if i not in is_new]
-    fresh = [rows[i] for i in new]
-    fresh_joins = {row.id: joins[row.id] for row in fresh if row.id in joins}
-    anomalies, old_rows = [], []
-    if flags is not None:
-        for i in new:
-            if flags[i]["is_anomaly"]:
-                anomalies.append([rows[i].provider, _anomaly_record(rows[i], flags[i])])
-        for i in old:
-            record = _anomaly_record(rows[i], flags[i]) if flags[i]["is_anomaly"] else b""
-            old_rows.append([rows[i].id, flag_json[i], rows[i].provider, record])
-        values = [flag_json[i] for i in new]
-    else:
-        values = [orjson.dumps(rows[i].to_wire()) for i in new + old]
+def _anomaly(row: Row, flag: dict[str, Any], at: Ident) -> list[Any]:
+    record = {
+        "id": row.id,
+        "ts": row.ts,
+        "wallet": row.wallet,
+        "session_id": row.session_id,
+        "provider": row.provider,
+        "model": row.model,
+        "anomaly_score": flag["anomaly_score"],
+        "reasons": flag["reasons"],
+    }
     return [
-        settings().window_rows,
-        keys.FLAG_STREAM_MAXLEN,
-        keys.ANOMALIES_MAXLEN,
-        use_model,
-        len(new),
-        len(old),
-        orjson.dumps(_totals(joined(fresh, fresh_joins), len(fresh_joins))),
-        # The window keeps rows as the ledger has them; readers join events (window_rows).
-        orjson.dumps([row.to_wire() for row in fresh]),
-        b"[" + b",".join(flag_json[i] for i in new) + b"]" if flags is not None else b"",
-        # Lua's cjson reads an empty JSON array as an object; both iterate as empty.
-        orjson.dumps(anomalies, default=bytes.decode),
-        orjson.dumps(old_rows, default=bytes.decode),
-        orjson.dumps(fresh_joins, default=bytes.decode),
-        orjson.dumps(_join_records(fresh)),
-        *(row.id for row in fresh),
-        *values,
+        row.provider,
+        orjson.dumps(record).decode(),
+        at.day,
+        at.field,
+        orjson.dumps(flag["reasons"]).decode(),
     ]
 
 
-def _join_records(rows: Sequence[Row]) -> list[list[Any]]:
-    """JOIN_ROWS entries for rows an event could still change: without score or use case."""
-    return [
-        [row.id, orjson.dumps([row.session_id, row.wallet, row.score, row.use_case]).decode()]
-        for row in rows
-        if row.score is None or row.use_case is None
-    ]
+# Per measure of core/aggregates.py: its name, whether it counts, what it adds and keys.
+_PLAN = [(m, m.name, m.integer, m.per) for m in aggregates.MEASURES]
 
 
-def _anomaly_record(row: Row, flag: dict[str, Any]) -> bytes:
-    return orjson.dumps(
-        {
-            "id": row.id,
-            "ts": row.ts,
-            "wallet": row.wallet,
-            "session_id": row.session_id,
-            "provider": row.provider,
-            "model": row.model,
-            "anomaly_score": flag["anomaly_score"],
-            "reasons": flag["reasons"],
-        }
-    )
-
-
-def _totals(rows: Sequence[Row], n_joined: int = 0) -> dict[str, Any]:
-    """The aggregates of ``rows`` (core/aggregates.py): increments per (KEYS index, field),
-    each session's wallet, the (wallet, session) pairs, the unreadable sources and the
-    joined events."""
-    counts: dict[tuple[int, str], int | float] = {}  # counts: ints, as HINCRBY needs
+def _totals(rows: Sequence[Row], days: Sequence[int]) -> dict[str, Any]:
+    """The aggregates of ``rows`` (core/aggregates.py) as the script adds them: the key
+    names (``k``), increments per (key, field) (``i`` counts, ``f`` sums), each session's
+    wallet per day (``sw``) and the unreadable sources (``d``)."""
+    names: dict[str, int] = {}
+    counts: dict[tuple[int, str], int | float] = {}
     sums: dict[tuple[int, str], float] = {}
-    session_wallet: dict[str, str] = {}
-    pairs: dict[str, str] = {}
-    dropped: dict[str, int] = {}
-    for row in rows:
+    session_wallet: dict[tuple[int, str], str] = {}
+    dropped: dict[str, int] = defaultdict(int)
+
+    def key(name: str) -> int:
+        return names.setdefault(name, len(names) + 1)  # Lua's 1-based index
+
+    wallet_keys = [key(keys.wallet_agg(m.name)) for m in aggregates.MEASURES]
+    session_keys: dict[int, list[int]] = {}
+    for row, day in zip(rows, days, strict=True):
         if row.dropped:
             for source in row.dropped.split(","):
-                dropped[source] = dropped.get(source, 0) + 1
-        # What the row adds to each measure, and the suffix of its field ("\t<value>").
-        adds = [
-            (i, integer, "" if per is None else "\t" + getattr(row, per), amount)
-            for i, (m, integer, per) in enumerate(_MEASURE_PLAN)
-            if (amount := m.amount(row)) is not None
-        ]
-        for attr, index in _SCOPE_KEYS:
-            who = getattr(row, attr)
-            if not who:
+                dropped[source] += 1
+        if day not in session_keys:
+            session_keys[day] = [key(keys.session_agg(m.name, day)) for m in aggregates.MEASURES]
+        scoped = ((row.session_id, session_keys[day]), (row.wallet, wallet_keys))
+        for j, (m, _, integer, per) in enumerate(_PLAN):
+            amount = m.amount(row)
+            if amount is None:
                 continue
-            for i, integer, suffix, amount in adds:
-                key = (index[i], who + suffix)
-                if integer:
-                    counts[key] = counts.get(key, 0) + amount
-                else:
-                    sums[key] = sums.get(key, 0.0) + amount
+            suffix = "" if per is None else "\t" + getattr(row, per)
+            target = counts if integer else sums
+            for who, index in scoped:
+                if who:
+                    k = (index[j], who + suffix)
+                    target[k] = target.get(k, 0) + amount
         if row.session_id:
-            session_wallet[row.session_id] = row.wallet or ""  # the last row's wallet wins
-            if row.wallet:
-                pairs[f"{row.wallet}\t{row.session_id}"] = row.wallet
+            session_wallet[(day, row.session_id)] = row.wallet or ""  # the last row's wins
     return {
-        "i": [[k, field, n] for (k, field), n in counts.items()],
-        "f": [[k, field, repr(total)] for (k, field), total in sums.items()],
-        "sw": [[sid, wallet] for sid, wallet in session_wallet.items()],
-        "p": [[wallet, pair] for pair, wallet in pairs.items()],
-        "d": [[source, n] for source, n in dropped.items()],
-        "j": n_joined,
+        "k": list(names),
+        "i": [[k, f, n] for (k, f), n in counts.items()],
+        "f": [[k, f, repr(total)] for (k, f), total in sums.items()],
+        "sw": [[day, sid, wallet] for (day, sid), wallet in session_wallet.items()],
+        "d": list(map(list, dropped.items())),
     }
 
 
-_APPLY_SCORES = (Path(__file__).parent / "scores.lua").read_text()
+def _count_sessions(r: Redis, rows: Sequence[Row]) -> None:
+    """Count each (wallet, session) once, in the shard of the session's id: a session's
+    rows spread over shards, so no batch script can tell whether it is new. Idempotent."""
+    pairs: dict[str, dict[tuple[str, str], int]] = {}
+    for row in rows:
+        if row.session_id and row.wallet:
+            pairs.setdefault(row.session_id, {})[(row.wallet, row.session_id)] = keys.day(row.ts)
+    shards = all_shards()
+    grouped = by_shard(pairs.items(), lambda item: ident(item[0], None).shard)
+    for shard, items in grouped.items():
+        flat = [[w, s, d] for _, held in items for (w, s), d in held.items()]
+        _run(
+            r,
+            "sessions",
+            shards[shard],
+            _SESSIONS_LAYOUT,
+            [settings().retention_days, orjson.dumps(flat)],
+        )
 
-# An event moves its interaction's score between the score's sum and count, and its use
-# case between the calls per use case: <s|w>_sum, _n and _uc in the script, per scope.
-_SCORES_LAYOUT: list[tuple[str | None, str]] = [
-    ("events", keys.SCORE_EVENTS),
-    ("scores", keys.SCORES),
-    ("join_rows", keys.JOIN_ROWS),
-    ("seen", keys.SEEN),
-    ("stats", keys.STATS),
-    *(
-        (f"{scope[0]}_{short}", keys.agg(scope, measure))
-        for scope, _ in aggregates.SCOPES
-        for short, measure in (("sum", "score_sum"), ("n", "score_n"), ("uc", "uc"))
-    ),
-]
-_SCORES_KEYS = [key for _, key in _SCORES_LAYOUT]
 
-
-def scores_value(event: ScoreEvent) -> bytes:
-    """An event as SCORES holds it: what ordering and joining need, JSON [ts, id, score, uc]."""
-    return orjson.dumps([event.ts or 0, event.id, event.score, event.use_case])
+# --- score events -----------------------------------------------------------------------
 
 
 def apply_scores(r: Redis, events: Sequence[ScoreEvent]) -> int:
@@ -313,23 +502,27 @@ def apply_scores(r: Redis, events: Sequence[ScoreEvent]) -> int:
     not; returns how many were new."""
     if not events:
         return 0
-    payload = [
-        [e.id, e.interaction_id, scores_value(e).decode(), e.ts, e.score, e.use_case]
-        for e in events
-    ]
-    return int(_script(r, "apply_scores")(keys=_SCORES_KEYS, args=[orjson.dumps(payload)]))
-
-
-@cache
-def _scripts() -> dict[str, str]:
-    return {
-        "apply_batch": _with_keys(_APPLY_BATCH, "_BATCH_LAYOUT", _BATCH_LAYOUT),
-        "apply_scores": _with_keys(_APPLY_SCORES, "_SCORES_LAYOUT", _SCORES_LAYOUT),
-    }
-
-
-def _script(r: Redis, name: str) -> Any:
-    # register_script caches the SHA and falls back to EVAL after a Redis restart.
-    return r.register_script(_scripts()[name])
-
-
+    shards = all_shards()
+    applied = 0
+    for shard, group in by_shard(events, lambda e: ident(e.interaction_id, None).shard).items():
+        payload = []
+        for e in group:
+            target, mark = ident(e.interaction_id, None), ident(e.id, e.ts)
+            day = keys.UNDATED if e.ts is None else mark.day
+            payload.append(
+                [
+                    target.bucket,
+                    target.field,
+                    mark.bucket,
+                    mark.field,
+                    day,
+                    scores_value(e).decode(),
+                    e.ts or 0,
+                    e.id,
+                    e.score,
+                    e.use_case,
+                ]
+            )
+        args = [settings().retention_days, keys.day(time.time()), orjson.dumps(payload)]
+        applied += int(_run(r, "scores", shards[shard], _SCORES_LAYOUT, args))
+    return applied

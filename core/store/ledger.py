@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from bisect import bisect_left
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -14,63 +15,174 @@ from redis import Redis
 
 from thronos_analytics.core import aggregates, keys
 from thronos_analytics.core.contract import Entry, Rejection, Row
+from thronos_analytics.core.settings import settings
+from thronos_analytics.core.store.records import unpack_flag
+from thronos_analytics.core.store.shards import (
+    Ident,
+    all_shards,
+    days_held,
+    hash_values,
+    ident,
+    per_shard,
+)
 
 # Upper bounds, in seconds, of the ledger-write-to-flag lag histogram.
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 600.0)
 
 
+def _seen(r: Redis, idents: Sequence[Ident]) -> list[bool]:
+    """Whether each ident's row is counted: in its day's ``ix`` hash, or late."""
+    return _or_late(r, idents, [hit is not None for hit in hash_values(r, keys.IX, idents)])
+
+
+def _or_late(r: Redis, idents: Sequence[Ident], seen: list[bool], mark: str = "") -> list[bool]:
+    """``seen``, with those not seen looked up in their shard's ``late`` set."""
+    missing = [n for n, held in enumerate(seen) if not held]
+    if not missing:
+        return seen
+    shards = all_shards()
+    pipe = r.pipeline(transaction=False)
+    for n in missing:
+        i = idents[n]
+        pipe.sismember(shards[i.shard].key(keys.LATE, bucket=i.bucket), mark + i.field)
+    for n, late in zip(missing, pipe.execute(), strict=True):
+        seen[n] = bool(late)
+    return seen
+
 
 def unseen(r: Redis, entries: Sequence[Entry]) -> list[Entry]:
-    """The entries Redis has not counted: rows by ``thronos:seen``, score events by theirs."""
+    """The entries Redis has not counted: rows by their ``ix`` field (or as late), score
+    events by their mark."""
     rows = [e for e in entries if type(e) is Row]
     events = [e for e in entries if type(e) is not Row]
-    missing: list[Entry] = []
-    for group, key in ((rows, keys.SEEN), (events, keys.SCORE_EVENTS)):
-        if group:
-            seen = r.smismember(key, [e.id for e in group])
-            missing += [e for e, present in zip(group, seen, strict=True) if not present]
+    missing: list[Entry] = [
+        row
+        for row, seen in zip(rows, _seen(r, [ident(row.id, row.ts) for row in rows]), strict=True)
+        if not seen
+    ]
+    if events:
+        shards = all_shards()
+        marks = [(ident(e.interaction_id, None).shard, ident(e.id, e.ts)) for e in events]
+        pipe = r.pipeline(transaction=False)
+        for shard, mark in marks:
+            day = keys.UNDATED if mark.day < 0 else mark.day
+            pipe.sismember(shards[shard].key(keys.EVENTS, day=day, bucket=mark.bucket), mark.field)
+        held = pipe.execute()
+        # A late event's mark went with its day; it is counted in its target's late set.
+        targets = [mark._replace(shard=shard) for shard, mark in marks]
+        held = _or_late(r, targets, [bool(h) for h in held], "e")
+        missing += [e for e, present in zip(events, held, strict=True) if not present]
     return missing
 
 
 def was_seen(r: Redis, interaction_id: str) -> bool:
-    return bool(r.sismember(keys.SEEN, interaction_id))
+    return _seen(r, [ident(interaction_id, None)])[0]
 
 
 def flag_of(r: Redis, interaction_id: str) -> bytes | None:
     """The interaction's flag as JSON, or None while it has none."""
-    flag = r.hget(keys.FLAGS, interaction_id)
-    return None if flag is None else bytes(flag)
+    at = ident(interaction_id, None)
+    hit = hash_values(r, keys.IX, [at])[0]
+    if hit is None or not hit[1]:
+        return None
+    day, record = hit
+    reasons = r.hget(all_shards()[at.shard].key(keys.REASONS, day=day), at.field)
+    flag = unpack_flag(interaction_id, record, orjson.loads(reasons) if reasons else None)
+    return orjson.dumps(flag)
 
 
-def unflagged(r: Redis, ids: Sequence[str]) -> list[str]:
-    """The ids of ``ids`` that have no flag yet."""
-    present = r.hmget(keys.FLAGS, ids) if ids else []
-    return [i for i, flag in zip(ids, present, strict=True) if flag is None]
+def flags_of(r: Redis, rows: Sequence[tuple[str, float]]) -> dict[str, dict[str, Any]]:
+    """The flags of those of ``rows`` (id, ts) that have one, by id, with their reasons."""
+    idents = [ident(i, ts) for i, ts in rows]
+    hits = hash_values(r, keys.IX, idents)
+    flagged = [
+        (row, at, hit) for row, at, hit in zip(rows, idents, hits, strict=True) if hit and hit[1]
+    ]
+    shards = all_shards()
+    pipe = r.pipeline(transaction=False)
+    for _, at, (day, _) in flagged:
+        pipe.hget(shards[at.shard].key(keys.REASONS, day=day), at.field)
+    reasons = pipe.execute() if flagged else []
+    return {
+        row[0]: unpack_flag(row[0], hit[1], orjson.loads(why) if why else None)
+        for (row, _, hit), why in zip(flagged, reasons, strict=True)
+    }
+
+
+def worker_rows(r: Redis) -> dict[str, int]:
+    """Rows each worker handled (deliveries, so a redelivered batch counts again)."""
+    return {k.decode(): int(v) for k, v in r.hgetall(keys.WORKER_ROWS).items()}
+
+
+def unflagged(r: Redis, rows: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
+    """The (id, ts) of ``rows`` that wait for a flag: not flagged, not late (a late row is
+    counted as such and gets none), and not past the horizon (its flag has left with it)."""
+    idents = [ident(i, ts) for i, ts in rows]
+    clocks = per_shard(r, lambda pipe, s: pipe.get(s.prefix + keys.CLOCK))
+    horizon = settings().retention_days
+    gone = [int(c) - horizon if c is not None else -1 for c in clocks]
+    flagged = [
+        bool(hit and hit[1]) or at.day <= gone[at.shard]
+        for at, hit in zip(idents, hash_values(r, keys.IX, idents), strict=True)
+    ]
+    done = _or_late(r, idents, flagged)
+    return [row for row, d in zip(rows, done, strict=True) if not d]
+
+
+def _cursor(ids: Sequence[bytes]) -> bytes:
+    return b",".join(ids)
 
 
 def latest_flags(r: Redis, last: int) -> tuple[list[dict[str, Any]], bytes]:
     """The ``last`` newest flags, oldest first, and the cursor to follow from."""
     # Each entry holds a batch of flags: read back until ``last`` flags are in hand.
+    entries = per_shard(r, lambda pipe, s: pipe.xrevrange(s.prefix + keys.FLAG_STREAM, count=last))
+    batches = sorted(
+        ((_entry_order(entry_id), fields) for held in entries for entry_id, fields in held),
+        key=lambda e: e[0],
+    )
     recent: list[dict[str, Any]] = []
-    entries = r.xrevrange(keys.FLAG_STREAM, count=last)
-    for _, fields in entries:
+    for _, fields in reversed(batches):
         recent[:0] = orjson.loads(fields[b"f"])
         if len(recent) >= last:
             break
-    cursor = entries[0][0] if entries else b"$"
+    cursor = _cursor([held[0][0] if held else b"0-0" for held in entries])
     return (recent[-last:] if last else []), cursor
+
+
+def _entry_order(entry_id: bytes) -> tuple[int, int]:
+    ms, seq = entry_id.split(b"-")
+    return int(ms), int(seq)
 
 
 def flags_after(
     r: Redis, cursor: bytes, block_ms: int = 1000
 ) -> tuple[list[dict[str, Any]], bytes]:
     """The flags published after ``cursor`` (waiting up to ``block_ms``), and the new cursor."""
-    flags: list[dict[str, Any]] = []
-    for _, batch in r.xread({keys.FLAG_STREAM: cursor}, block=block_ms, count=100) or []:
-        for entry_id, fields in batch:
-            flags += orjson.loads(fields[b"f"])
-            cursor = entry_id
-    return flags, cursor
+    shards = all_shards()
+    ids = cursor.split(b",") if cursor != b"$" else [b"$"] * len(shards)
+    if len(shards) == 1:  # one stream: Redis waits for it
+        replies = [
+            r.xread({shards[0].prefix + keys.FLAG_STREAM: ids[0]}, block=block_ms, count=100)
+        ]
+    else:  # one stream per slot: XREAD cannot wait on them together, so poll
+        deadline = time.monotonic() + block_ms / 1000
+        while True:
+            replies = per_shard(
+                r,
+                lambda pipe, s: pipe.xread({s.prefix + keys.FLAG_STREAM: ids[s.index]}, count=100),
+            )
+            if any(replies) or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+    flags: list[tuple[tuple[int, int], list[dict[str, Any]]]] = []
+    for n, reply in enumerate(replies):
+        for _, batch in reply or []:
+            for entry_id, fields in batch:
+                flags.append((_entry_order(entry_id), orjson.loads(fields[b"f"])))
+                ids[n] = entry_id
+    flags.sort(key=lambda f: f[0])
+    return [flag for _, batch in flags for flag in batch], _cursor(ids)
 
 
 def latest_rejections(r: Redis, count: int) -> list[dict[str, Any]]:
@@ -105,39 +217,61 @@ def record_rejections(r: Redis | None, source: str, rejections: Iterable[Rejecti
 
 
 def state_id(r: Redis) -> str:
-    """This Redis state's name, made on first use: a new one means the state was lost."""
+    """This Redis state's name, made on first use: a new one means the state was lost.
+    The layout it was written with must be this process's, or its ids would be misread."""
+    layout = f"shards={len(all_shards())} buckets={keys.BUCKETS}"
+    r.set(keys.LAYOUT, layout, nx=True)
+    held = (r.get(keys.LAYOUT) or b"").decode()
+    if held != layout:
+        raise RuntimeError(
+            f"this Redis holds state written with {held}, and this process uses {layout}:"
+            " set THRONOS_REDIS_CLUSTER as it was, or start from an empty Redis"
+        )
     r.set(keys.STATE_ID, uuid.uuid4().hex, nx=True)
     return (r.get(keys.STATE_ID) or b"").decode()
 
 
+def _stats(r: Redis) -> tuple[Counter[str], int]:
+    """The shards' counters added up, and the rows waiting in their PENDING lists."""
+    replies = per_shard(
+        r, lambda pipe, s: pipe.hgetall(s.prefix + keys.STATS).llen(s.prefix + keys.PENDING)
+    )
+    total: Counter[str] = Counter()
+    for held in replies[::2]:
+        total.update({k.decode(): int(float(v)) for k, v in held.items()})
+    return total, sum(replies[1::2])
+
+
 def seen_any(r: Redis) -> bool:
-    return bool(r.scard(keys.SEEN))
+    stats, _ = _stats(r)
+    return bool(stats["seen"] or stats["late"])
 
 
 def counts(r: Redis) -> dict[str, int]:
-    pipe = r.pipeline(transaction=False)
-    pipe.scard(keys.SEEN).hlen(keys.FLAGS).hlen(keys.REJECTED).hget(keys.STATS, "anomalies")
-    pipe.llen(keys.PENDING)
-    pipe.scard(keys.SCORE_EVENTS).hlen(keys.SCORES).hget(keys.STATS, "score_events_joined")
-    seen, scored, rejected, anomalies, pending, events, targets, joined = pipe.execute()
+    stats, pending = _stats(r)
     return {
-        "interactions_seen": seen,
-        "interactions_scored": scored,
-        "interactions_rejected": rejected,
-        "anomalies": int(anomalies or 0),
+        "interactions_seen": stats["seen"],
+        "interactions_scored": stats["scored"],
+        "interactions_rejected": int(r.hlen(keys.REJECTED)),
+        # Rows older than the retention horizon when they came: counted, not analysed.
+        "interactions_late": stats["late"],
+        "anomalies": stats["anomalies"],
         "pending": pending,
-        "score_events": events,
+        "score_events": stats["score_events"],
         # Interactions that events named: found, or not (yet) in any ledger read.
-        "score_events_joined": int(joined or 0),
-        "score_events_orphaned": targets - int(joined or 0),
+        "score_events_joined": stats["score_events_joined"],
+        "score_events_orphaned": stats["orphans"],
+        "score_events_expired": stats["orphans_expired"],
+        "score_events_late": stats["late_events"],
     }
 
 
 def dropped_fields(r: Redis) -> dict[str, int]:
     """Per ledger source (e.g. ``meta.rating``): rows in which it could not be read."""
-    return {k.decode(): int(v) for k, v in r.hgetall(keys.DROPPED_FIELDS).items()}
-
-
+    total: Counter[str] = Counter()
+    for held in per_shard(r, lambda pipe, s: pipe.hgetall(s.prefix + keys.DROPPED_FIELDS)):
+        total.update({k.decode(): int(v) for k, v in held.items()})
+    return dict(total)
 
 
 def drain_pending(r: Redis, send: Callable[[list[Any]], None], chunk: int = 500) -> int:
@@ -147,16 +281,20 @@ def drain_pending(r: Redis, send: Callable[[list[Any]], None], chunk: int = 500)
     scoring ignores, rather than never.
     """
     sent = 0
-    while rows := r.lrange(keys.PENDING, 0, chunk - 1):
-        send([orjson.loads(item) for item in rows])
-        r.ltrim(keys.PENDING, len(rows), -1)
-        sent += len(rows)
+    for shard in all_shards():
+        pending = shard.prefix + keys.PENDING
+        while rows := r.lrange(pending, 0, chunk - 1):
+            send([orjson.loads(item) for item in rows])
+            r.ltrim(pending, len(rows), -1)
+            sent += len(rows)
     return sent
 
 
 def anomalies(r: Redis) -> list[dict[str, Any]]:
-    """The flagged rows kept for the export (a capped stream), oldest first."""
-    return [orjson.loads(fields[b"a"]) for _, fields in r.xrange(keys.ANOMALIES)]
+    """The flagged rows kept for the export (capped streams), oldest first."""
+    held = per_shard(r, lambda pipe, s: pipe.xrange(s.prefix + keys.ANOMALIES))
+    entries = sorted((_entry_order(i), f) for stream in held for i, f in stream)
+    return [orjson.loads(fields[b"a"]) for _, fields in entries[-keys.ANOMALIES_MAXLEN :]]
 
 
 def count_worker_rows(r: Redis, worker: str, n: int) -> None:
@@ -169,22 +307,43 @@ def first_in(r: Redis, name: str, seconds: float) -> bool:
 
 
 def aggregate_values(r: Redis, scope: str) -> dict[str, dict[str, float]]:
-    """One scope's aggregates as Redis holds them: measure -> {field: value}
-    (core/aggregates.py), plus ``sessions`` (per wallet) or ``wallet`` (per session)."""
+    """One scope's aggregates, added up over shards (and for sessions over the days held):
+    measure -> {field: value} (core/aggregates.py), plus ``sessions`` (per wallet) or
+    ``wallet`` (per session)."""
+    days = days_held(r)
+    reads: list[tuple[str, str]] = []  # (measure or link, key) per reply
+    for shard in all_shards():
+        for m in aggregates.MEASURES:
+            if scope == "wallet":
+                reads.append((m.name, shard.prefix + keys.wallet_agg(m.name)))
+            else:
+                reads += [
+                    (m.name, shard.prefix + keys.session_agg(m.name, d)) for d in days[shard.index]
+                ]
+        if scope == "wallet":
+            reads.append(("sessions", shard.prefix + keys.WALLET_SESSIONS))
+        else:
+            # Oldest first: a session's newest day names its wallet.
+            reads += [
+                ("wallet", shard.key(keys.SESSION_WALLET, day=d))
+                for d in reversed(days[shard.index])
+            ]
     pipe = r.pipeline(transaction=False)
-    for m in aggregates.MEASURES:
-        pipe.hgetall(keys.agg(scope, m.name))
-    pipe.hgetall(keys.WALLET_SESSIONS if scope == "wallet" else keys.SESSION_WALLET)
-    *measures, links = pipe.execute()
-    values: dict[str, Any] = {
-        m.name: {k.decode(): float(v) for k, v in held.items()}
-        for m, held in zip(aggregates.MEASURES, measures, strict=True)
-    }
-    if scope == "wallet":
-        values["sessions"] = {k.decode(): int(v) for k, v in links.items()}
-    else:
-        values["wallet"] = {k.decode(): v.decode() for k, v in links.items()}
-    return values
+    for _, key in reads:
+        pipe.hgetall(key)
+    values: dict[str, Any] = {m.name: defaultdict(float) for m in aggregates.MEASURES}
+    values["sessions" if scope == "wallet" else "wallet"] = (
+        defaultdict(int) if scope == "wallet" else {}
+    )
+    for (name, _), held in zip(reads, pipe.execute(), strict=True):
+        target = values[name]
+        if name == "wallet":
+            target.update({k.decode(): v.decode() for k, v in held.items()})
+        else:
+            cast = int if name == "sessions" else float
+            for k, v in held.items():
+                target[k.decode()] += cast(v)
+    return {name: dict(held) for name, held in values.items()}
 
 
 def reported(r: Redis, key: str) -> dict[str, dict[str, Any]]:

@@ -9,11 +9,13 @@ import orjson
 from redis import Redis
 
 from thronos_analytics.core import keys, signing
+from thronos_analytics.core.store.records import VERSION_FORMAT
+from thronos_analytics.core.store.shards import all_shards
 
 
 def publish_model(r: Redis, name: str, blob: bytes, info: dict[str, Any]) -> str:
     """Store a model version and make it current. Versions are UTC timestamps, sortable."""
-    version = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f")
+    version = datetime.now(UTC).strftime(VERSION_FORMAT)
     info = {**info, "version": version}
     pipe = r.pipeline(transaction=True)
     pipe.set(keys.model_blob(name, version), signing.sign(blob))
@@ -21,6 +23,9 @@ def publish_model(r: Redis, name: str, blob: bytes, info: dict[str, Any]) -> str
     pipe.set(keys.model_current(name), version)
     pipe.delete(keys.model_failure(name))
     pipe.execute()
+    if name == "anomaly":  # each shard's batches check for one in their own slot
+        for shard in all_shards():
+            r.set(shard.prefix + keys.ANOMALY_MODEL, version)
     return version
 
 
@@ -45,8 +50,6 @@ def model_info(r: Redis, name: str) -> dict[str, Any] | None:
         return None
     raw = r.hget(keys.model_versions(name), version)
     return orjson.loads(raw) if raw else None
-
-
 
 
 def current_version(r: Redis, name: str) -> str | None:

@@ -17,6 +17,7 @@ from thronos_analytics.core.settings import Settings
 from thronos_analytics.core.store.connection import Redis
 from thronos_analytics.core.store.ledger import LAG_BUCKETS, counts, dropped_fields
 from thronos_analytics.core.store.models import model_info
+from thronos_analytics.core.store.shards import per_shard
 
 # How many of the latest scored batches the "recent" anomaly rate is taken over.
 RATE_SAMPLE_BATCHES = 20
@@ -38,7 +39,9 @@ def read_status(
     report["lag"] = _lag_summary(raw_lag)
     report["lag_histogram"] = raw_lag
     scored = report["interactions_scored"]
-    by_provider = {k.decode(): int(v) for k, v in r.hgetall(keys.ANOMALIES_BY_PROVIDER).items()}
+    by_provider: Counter[str] = Counter()
+    for held in per_shard(r, lambda pipe, s: pipe.hgetall(s.prefix + keys.ANOMALIES_BY_PROVIDER)):
+        by_provider.update({k.decode(): int(v) for k, v in held.items()})
     report["anomaly_rate"] = {
         "overall": round(report["anomalies"] / scored, 5) if scored else None,
         "recent": report["throughput"].pop("recent_anomaly_rate"),
@@ -84,11 +87,24 @@ def _number(value: str) -> int | float | str:
 
 def _throughput(r: Redis, now: float) -> dict[str, Any]:
     minute = int(now // 60)
-    counts = r.mget(keys.scored_in_minute(minute), keys.scored_in_minute(minute - 1))
-    this, previous = (int(n or 0) for n in counts)
+    replies = per_shard(
+        r,
+        lambda pipe, s: (
+            pipe.get(s.prefix + keys.scored_in_minute(minute))
+            .get(s.prefix + keys.scored_in_minute(minute - 1))
+            .xrevrange(s.prefix + keys.FLAG_STREAM, count=RATE_SAMPLE_BATCHES)
+        ),
+    )
+    this = sum(int(n or 0) for n in replies[0::3])
+    previous = sum(int(n or 0) for n in replies[1::3])
     # The last 60 s: this minute so far, and the part of the previous one still inside them.
     share = 1.0 - (now % 60) / 60
-    latest = r.xrevrange(keys.FLAG_STREAM, count=RATE_SAMPLE_BATCHES)
+    latest = sorted(
+        (e for held in replies[2::3] for e in held),
+        key=lambda e: tuple(map(int, e[0].split(b"-"))),
+        reverse=True,
+    )
+    latest = latest[:RATE_SAMPLE_BATCHES]
     recent = [flag for _, fields in latest for flag in orjson.loads(fields[b"f"])]
     last_minute = this + round(previous * share)
     return {

@@ -10,7 +10,8 @@ from redis import Redis
 
 from thronos_analytics.core import keys
 from thronos_analytics.core.contract import Row
-from thronos_analytics.core.store.batch import Joins, joined, read_joins
+from thronos_analytics.core.store.batch import joined
+from thronos_analytics.core.store.shards import Shard, all_shards, hash_values, ident
 
 
 @dataclass
@@ -21,7 +22,15 @@ class _WindowRead:
     rows: list[Row]
 
 
-# Per process and Redis database: the rows of the window read last, and its newest entry.
+def _where(r: Redis) -> str:
+    """Which Redis ``r`` is: its connection's settings, or a cluster's nodes."""
+    pool = getattr(r, "connection_pool", None)
+    if pool is not None:
+        return repr(sorted(pool.connection_kwargs.items()))
+    return repr(sorted(node.name for node in r.get_nodes()))  # type: ignore[attr-defined]
+
+
+# Per process, Redis and shard: the rows of the window read last, and its newest entry.
 _window_reads: dict[str, _WindowRead] = {}
 _window_lock = threading.Lock()
 
@@ -36,23 +45,32 @@ def _entry_rows(fields: dict[bytes, bytes]) -> list[Row]:
 
 
 def window_rows(r: Redis, limit: int) -> list[Row]:
-    """The newest ``limit`` rows of the training window, oldest first, with their score
-    events joined: an event that arrived after its row counts from the next read on."""
-    rows = _window_rows_as_written(r, limit)
-    if not r.hlen(keys.SCORES):
-        return rows
+    """The newest ``limit`` rows of the training window (each shard's newest share of
+    them), oldest first, with their score events joined: an event that arrived after its
+    row counts from the next read on."""
+    shards = all_shards()
+    per_shard = -(-limit // len(shards))
+    rows = [row for shard in shards for row in _window_rows_as_written(r, shard, per_shard)]
+    if len(shards) > 1:
+        rows.sort(key=lambda row: row.ts)
     open_rows = [row for row in rows if row.score is None or not row.use_case]
-    joins: Joins = {}
+    events: dict[str, bytes] = {}
     for i in range(0, len(open_rows), CHECK_CHUNK):
-        joins.update(read_joins(r, open_rows[i : i + CHECK_CHUNK]))
-    return joined(rows, joins)
+        chunk = open_rows[i : i + CHECK_CHUNK]
+        found = hash_values(r, keys.JOIN, [ident(row.id, row.ts) for row in chunk])
+        for row, hit in zip(chunk, found, strict=True):
+            # A join record: session, wallet, own score and use case, then the event's.
+            record = orjson.loads(hit[1]) if hit is not None else None
+            if record is not None and record[5] is not None:
+                events[row.id] = orjson.dumps(record[4:])
+    return joined(rows, events)
 
 
-CHECK_CHUNK = 10_000  # ids per HMGET
+CHECK_CHUNK = 10_000  # rows per pipeline of HMGETs
 
 
-def _window_rows_as_written(r: Redis, limit: int) -> list[Row]:
-    """The newest ``limit`` rows of the training window as the ledger has them.
+def _window_rows_as_written(r: Redis, shard: Shard, limit: int) -> list[Row]:
+    """The newest ``limit`` rows of a shard's training window as the ledger has them.
 
     A refresh reads the window once per model and once more for the export. The stream only
     grows at its end, and ``apply_batch`` trims its start only past the newest
@@ -63,13 +81,14 @@ def _window_rows_as_written(r: Redis, limit: int) -> list[Row]:
     """
     if limit <= 0:
         return []
-    where = repr(sorted(r.connection_pool.connection_kwargs.items()))
+    where = _where(r) + shard.prefix
+    window = shard.prefix + keys.WINDOW
     with _window_lock:
         last = _window_reads.get(where)
         if last is not None and limit <= last.limit:
             pipe = r.pipeline(transaction=False)
-            pipe.xrange(keys.WINDOW, min=last.last_id, max=last.last_id)
-            pipe.xrange(keys.WINDOW, min=b"(" + last.last_id)
+            pipe.xrange(window, min=last.last_id, max=last.last_id)
+            pipe.xrange(window, min=b"(" + last.last_id)
             still_there, added = pipe.execute()
             if still_there and still_there[0][1][b"r"] == last.last_entry:
                 if added:
@@ -77,13 +96,13 @@ def _window_rows_as_written(r: Redis, limit: int) -> list[Row]:
                     last.rows = (last.rows + new_rows)[-last.limit :]
                     last.last_id, last.last_entry = added[-1][0], added[-1][1][b"r"]
                 return last.rows[-limit:]  # a new list: callers may change it
-        newest = r.xrevrange(keys.WINDOW, count=1)
+        newest = r.xrevrange(window, count=1)
         if not newest:
             _window_reads.pop(where, None)
             return []
         end = _entry_end(newest[0][0])
         # Entries ending after row (end - limit) hold the newest ``limit`` rows.
-        entries = r.xrange(keys.WINDOW, min=f"({max(end - limit, 0)}-0")
+        entries = r.xrange(window, min=f"({max(end - limit, 0)}-0")
         rows = [row for _, fields in entries for row in _entry_rows(fields)][-limit:]
         _window_reads[where] = _WindowRead(limit, entries[-1][0], entries[-1][1][b"r"], rows)
         return list(rows)

@@ -1,0 +1,103 @@
+"""Which shard, day and bucket each interaction's state is kept in, and reads across them.
+
+See ``core/keys.py`` for the layout. A read that knows a row's ``ts`` goes to its day's
+bucket; one that knows only an id looks in every day the shard still holds.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, NamedTuple, TypeVar
+
+from redis import Redis
+
+from thronos_analytics.core import keys
+from thronos_analytics.core.settings import settings
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    prefix: str
+
+    def key(self, template: str, **parts: Any) -> str:
+        return self.prefix + template.format(**parts)
+
+
+@cache
+def _shards(n: int) -> tuple[Shard, ...]:
+    return tuple(Shard(i, keys.shard_prefix(i, n)) for i in range(n))
+
+
+def all_shards() -> tuple[Shard, ...]:
+    return _shards(keys.shards(settings().redis_cluster))
+
+
+class Ident(NamedTuple):
+    shard: int
+    bucket: int
+    field: str
+    day: int
+
+
+def ident(interaction_id: str, ts: float | None) -> Ident:
+    """Where the state of ``interaction_id`` (written at ``ts``) is kept; day -1: unknown."""
+    shard, bucket, field = keys.ident(interaction_id, len(all_shards()))
+    return Ident(shard, bucket, field, -1 if ts is None else keys.day(ts))
+
+
+def by_shard(items: Iterable[T], shard_of: Callable[[T], int]) -> dict[int, list[T]]:
+    groups: dict[int, list[T]] = defaultdict(list)
+    for item in items:
+        groups[shard_of(item)].append(item)
+    return groups
+
+
+def days_held(r: Redis, shards: Sequence[Shard] | None = None) -> dict[int, list[int]]:
+    """Per shard, the days it holds state for, newest first."""
+    shards = all_shards() if shards is None else shards
+    pipe = r.pipeline(transaction=False)
+    for shard in shards:
+        pipe.smembers(shard.prefix + keys.DAYS)
+    return {
+        shard.index: sorted(map(int, held), reverse=True)
+        for shard, held in zip(shards, pipe.execute(), strict=True)
+    }
+
+
+def hash_values(
+    r: Redis, template: str, idents: Sequence[Ident], days: dict[int, list[int]] | None = None
+) -> list[tuple[int, bytes] | None]:
+    """Per ident, (day, value) of its field in the ``template`` hash of its day, or of the
+    newest day that has it when its day is unknown (-1); None where none has it. ``days``
+    (:func:`days_held`) is read when needed and not given."""
+    if days is None and any(i.day < 0 for i in idents):
+        days = days_held(r)
+    groups: dict[tuple[int, int, int], list[int]] = defaultdict(list)
+    for n, i in enumerate(idents):
+        for day in [i.day] if i.day >= 0 else (days or {}).get(i.shard, []):
+            groups[(i.shard, day, i.bucket)].append(n)
+    shards = all_shards()
+    pipe = r.pipeline(transaction=False)
+    for (shard, day, bucket), members in groups.items():
+        key = shards[shard].key(template, day=day, bucket=bucket)
+        pipe.hmget(key, [idents[n].field for n in members])
+    found: list[tuple[int, bytes] | None] = [None] * len(idents)
+    for ((_, day, _), members), values in zip(groups.items(), pipe.execute(), strict=True):
+        for n, value in zip(members, values, strict=True):
+            if value is not None and (found[n] is None or day > found[n][0]):  # type: ignore[index]
+                found[n] = (day, value)
+    return found
+
+
+def per_shard(r: Redis, read: Callable[[Any, Shard], None]) -> list[Any]:
+    """Run ``read(pipe, shard)`` for each shard in one pipeline; the replies, in order."""
+    pipe = r.pipeline(transaction=False)
+    for shard in all_shards():
+        read(pipe, shard)
+    return pipe.execute()
