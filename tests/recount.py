@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from thronos_analytics.core import keys
+from thronos_analytics.core import store
 from thronos_analytics.core.contract import Row, parse_line
 from thronos_analytics.core.messages import SCORING
 
@@ -33,12 +33,9 @@ def recount(rows: list[Row], scope: str) -> dict[str, tuple[int, float, float]]:
 
 
 def stored(r, scope: str) -> dict[str, tuple[int, float, float]]:
-    calls = r.hgetall(keys.agg(scope, "calls"))
-    credits = r.hgetall(keys.agg(scope, "credits"))
-    scores = r.hgetall(keys.agg(scope, "score_sum"))
-    return {
-        k.decode(): (int(v), float(credits[k]), float(scores.get(k, 0.0))) for k, v in calls.items()
-    }
+    held = store.aggregate_values(r, scope)
+    calls, credits, scores = held["calls"], held["credits"], held["score_sum"]
+    return {k: (int(v), credits[k], scores.get(k, 0.0)) for k, v in calls.items()}
 
 
 def assert_aggregates_match_ledger(r, rows: list[Row]) -> None:
@@ -50,12 +47,14 @@ def assert_aggregates_match_ledger(r, rows: list[Row]) -> None:
             assert actual[key][1:] == pytest.approx((credits, score_sum), rel=1e-9, abs=1e-9)
 
 
-def assert_published_once(r, n: int) -> None:
-    """Each of the ``n`` flags was published once: the script counts a flag only when it is
-    new, and the flag stream holds no id twice."""
-    assert int(r.hget(keys.STATS, "scored") or 0) == r.hlen(keys.FLAGS) == n
-    streamed = [flag["id"] for _, f in r.xrange(keys.FLAG_STREAM) for flag in orjson.loads(f[b"f"])]
-    assert len(streamed) == len(set(streamed))
+def assert_published_once(r, rows: list[Row]) -> None:
+    """Each row's flag was published once: every one has a flag, the script counted each
+    when it was new, and the flag stream holds no id twice."""
+    ids = {row.id: row.ts for row in rows}
+    assert store.counts(r)["interactions_scored"] == len(ids)
+    assert store.flags_of(r, list(ids.items())).keys() == ids.keys()
+    streamed = [flag["id"] for flag in store.latest_flags(r, 10 * len(ids) + 10)[0]]
+    assert len(streamed) == len(set(streamed)) == len(ids)
 
 
 def queued_batches(r) -> list[list[str]]:

@@ -15,7 +15,7 @@ import pytest
 from layouts import write_v4
 from test_store import assert_state_matches, flags_for
 
-from thronos_analytics.core import keys, store
+from thronos_analytics.core import store
 from thronos_analytics.core.contract import Row, ScoreEvent, parse_line
 
 from processes import stop, wait_for
@@ -122,7 +122,7 @@ def test_an_event_that_arrives_while_a_batch_is_prepared_is_not_lost(r, env):
     store.apply_scores(r, [late])  # arrives before the batch is applied
     with pytest.raises(store.JoinsChanged):
         store.apply_batch(r, rows, flags_for(rows), joins=joins)
-    assert r.scard(keys.SEEN) == 0  # the refused batch wrote nothing
+    assert store.counts(r)["interactions_seen"] == 0  # the refused batch wrote nothing
     apply_rows(r, rows)
     assert_state_matches(r, standing(rows, [late]))
 
@@ -228,11 +228,11 @@ def test_a_score_event_an_hour_late_changes_the_next_export_and_a_replay_changes
         # Every replayed event reached the script, which applied none of them again.
         repeats = len(late) + len(events) + len(late)
         wait_for(
-            lambda: int(r.hget(keys.STATS, "score_events_repeated") or 0) >= repeats,
+            lambda: store.counts(r)["score_events_repeated"] >= repeats,
             timeout=120,
             what="the replayed events to reach a worker",
         )
-        assert int(r.hget(keys.STATS, "score_events_repeated")) == repeats
+        assert store.counts(r)["score_events_repeated"] == repeats
         replayed = wait_for_export(path, lambda d: True)
         assert replayed["stats"] == after["stats"]
         again = replayed["recommendations"]["model"]["use_cases"][use_case][provider]

@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-import orjson
 import pytest
 
 from thronos_analytics.analytics.simulate import SimConfig, write
-from thronos_analytics.core import keys, store
+from thronos_analytics.core import store
 from thronos_analytics.core.contract import Row, parse_line
+from thronos_analytics.core.settings import settings
+from thronos_analytics.core.store.status import read_status
 
 from recount import assert_published_once
 
@@ -19,7 +20,8 @@ from recount import assert_published_once
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory) -> list[Row]:
     ledger = Path(tmp_path_factory.mktemp("store")) / "ledger.jsonl"
-    write(SimConfig(rows=1500, seed=5, drop=False), ledger)
+    # Two days: inside the retention horizon (tests/test_retention.py tests it).
+    write(SimConfig(rows=1500, seed=5, drop=False, days=2), ledger)
     parsed = [parse_line(line) for line in ledger.read_bytes().splitlines()]
     return [row for row in parsed if isinstance(row, Row)]
 
@@ -32,42 +34,44 @@ def flags_for(rows: list[Row]) -> list[dict]:
             "anomaly_score": 2.0 if i % 37 == 0 else 0.1,
             "is_anomaly": i % 37 == 0,
             "reasons": ["test"] if i % 37 == 0 else [],
+            "model_version": "20260101T000000.000000",
         }
         for i, row in enumerate(rows)
     ]
 
 
-def expected_aggregates(rows: list[Row]) -> dict[str, dict[str, float]]:
-    """Each aggregate hash as it should read: every distinct row counted once."""
-    out: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+def expected_aggregates(rows: list[Row]) -> dict[tuple[str, str], dict[str, float]]:
+    """Each scope's measures as they should read: every distinct row counted once."""
+    out: dict[tuple[str, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
     sessions: dict[str, set[str]] = defaultdict(set)
     unique = {row.id: row for row in rows}.values()
     for row in unique:
         for scope, who in (("session", row.session_id), ("wallet", row.wallet)):
             if not who:
                 continue
-            out[keys.agg(scope, "calls")][who] += 1
-            out[keys.agg(scope, "credits")][who] += row.credits_used
+            out[scope, "calls"][who] += 1
+            out[scope, "credits"][who] += row.credits_used
             if row.score is not None:
-                out[keys.agg(scope, "score_sum")][who] += row.score
-                out[keys.agg(scope, "score_n")][who] += 1
-            out[keys.agg(scope, "mix")][f"{who}\t{row.provider}"] += 1
+                out[scope, "score_sum"][who] += row.score
+                out[scope, "score_n"][who] += 1
+            out[scope, "mix"][f"{who}\t{row.provider}"] += 1
             if row.use_case:
-                out[keys.agg(scope, "uc")][f"{who}\t{row.use_case}"] += 1
+                out[scope, "uc"][f"{who}\t{row.use_case}"] += 1
         if row.wallet and row.session_id:
             sessions[row.wallet].add(row.session_id)
-    out[keys.WALLET_SESSIONS] = {w: len(s) for w, s in sessions.items()}
+    out["wallet", "sessions"] = {w: len(s) for w, s in sessions.items()}
     return out
 
 
 def assert_state_matches(r, rows: list[Row]) -> None:
-    for key, expected in expected_aggregates(rows).items():
-        actual = {k.decode(): float(v) for k, v in r.hgetall(key).items()}
-        assert actual.keys() == expected.keys(), key
+    held = {scope: store.aggregate_values(r, scope) for scope in ("session", "wallet")}
+    for (scope, measure), expected in expected_aggregates(rows).items():
+        actual = {k: v for k, v in held[scope][measure].items() if v}
+        assert actual.keys() == expected.keys(), (scope, measure)
         for field, value in expected.items():
-            assert actual[field] == pytest.approx(value, rel=1e-12, abs=1e-9), (key, field)
+            assert actual[field] == pytest.approx(value, rel=1e-12, abs=1e-9), (measure, field)
     wallets = {row.session_id: row.wallet or "" for row in rows if row.session_id}
-    assert {k.decode(): v.decode() for k, v in r.hgetall(keys.SESSION_WALLET).items()} == wallets
+    assert held["session"]["wallet"] == wallets
 
 
 def test_overlapping_repeated_and_replayed_batches_count_each_row_once(r, env, rows):
@@ -78,37 +82,38 @@ def test_overlapping_repeated_and_replayed_batches_count_each_row_once(r, env, r
     assert store.apply_batch(r, rows[:1000], flags_for(rows[:1000])) == (0, 0)
 
     ingested = rows[:1000]
-    assert r.scard(keys.SEEN) == 1000
-    assert_published_once(r, 1000)
+    assert store.counts(r)["interactions_seen"] == 1000
+    assert_published_once(r, ingested)
     assert_state_matches(r, ingested)
-    flagged = [orjson.loads(v) for v in r.hvals(keys.FLAGS)]
+    flagged = store.flags_of(r, [(row.id, row.ts) for row in ingested]).values()
     anomalies = sum(f["is_anomaly"] for f in flagged)
-    assert int(r.hget(keys.STATS, "anomalies")) == anomalies == r.xlen(keys.ANOMALIES)
-    by_provider = {k.decode(): int(v) for k, v in r.hgetall(keys.ANOMALIES_BY_PROVIDER).items()}
-    assert sum(by_provider.values()) == anomalies
+    assert store.counts(r)["anomalies"] == anomalies == len(store.anomalies(r))
+    assert all(f["reasons"] == ["test"] for f in flagged if f["is_anomaly"])
+    assert sum(read_status(r, settings(), ())["anomaly_rate"]["by_provider"].values()) == anomalies
     assert store.window_rows(r, 5000) == ingested
 
 
 def test_parked_rows_get_their_flags_once_when_scored_later(r, env, rows):
     part = rows[:300]
     assert store.apply_batch(r, part, None) == (300, 0)  # no model: the rows wait
-    assert r.llen(keys.PENDING) == 300
-    assert r.hlen(keys.FLAGS) == 0
+    assert store.counts(r)["pending"] == 300
+    assert store.counts(r)["interactions_scored"] == 0
+    assert len(store.unflagged(r, [(row.id, row.ts) for row in part])) == 300
     # The drained rows come back as old ones: flagged now, never counted again.
     assert store.apply_batch(r, part, flags_for(part)) == (0, 300)
     assert store.apply_batch(r, part, flags_for(part)) == (0, 0)
-    assert_published_once(r, 300)
+    assert_published_once(r, part)
     assert_state_matches(r, part)
-    assert int(r.hget(keys.STATS, "anomalies")) == sum(f["is_anomaly"] for f in flags_for(part))
+    assert store.counts(r)["anomalies"] == sum(f["is_anomaly"] for f in flags_for(part))
 
 
 def test_a_model_published_while_preparing_writes_nothing(r, env, rows):
-    r.set(keys.model_current("anomaly"), "20260101T000000.000000")
+    store.publish_model(r, "anomaly", b"not a model", {"trained_at": 0})
     assert store.apply_batch(r, rows[:10], None) == (0, -1)
-    assert r.scard(keys.SEEN) == 0 and r.llen(keys.PENDING) == 0
+    assert store.counts(r)["interactions_seen"] == 0 and store.counts(r)["pending"] == 0
     # An unusable model: the rows wait anyway.
     assert store.apply_batch(r, rows[:10], None, park_anyway=True) == (10, 0)
-    assert r.llen(keys.PENDING) == 10
+    assert store.counts(r)["pending"] == 10
 
 
 def test_batches_of_mixed_sizes_equal_one_batch(r, env, rows):
@@ -117,7 +122,7 @@ def test_batches_of_mixed_sizes_equal_one_batch(r, env, rows):
         store.apply_batch(r, rows[start : start + size], flags_for(rows[start : start + size]))
         start += size
     assert_state_matches(r, rows[:start])
-    assert_published_once(r, start)
+    assert_published_once(r, rows[:start])
 
 
 def test_status_counts_the_rows_scored_this_minute_and_the_recent_anomaly_rate(r, env, rows):

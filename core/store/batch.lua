@@ -5,8 +5,8 @@
 -- the caller assumed (rows on or before it are late), 9 buckets per day in a shard, 10 the
 -- orphan version the caller read its joins at, 11 the plan (JSON, see _plan), 12 the new
 -- rows' window entry (JSON array of wire rows), 13 their flags (JSON array), then the new
--- rows' id hashes, in the plan's groups, then per-row values: the flag records of the new
--- rows and then the old ones when scoring, or the wire rows of both when parking.
+-- rows' id hashes, in the plan's groups, then per-row values: the flag records of the new,
+-- old and late rows when scoring, or their wire rows when parking.
 local prefix, window_max, flags_max, anomalies_max = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local use_model, newest, retention = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 local assumed, buckets = tonumber(ARGV[8]), tonumber(ARGV[9])
@@ -54,10 +54,13 @@ if advanced > clock or redis.call('EXISTS', clock_key) == 0 then
   redis.call('SET', clock_key, advanced)
 end
 
--- A late row is counted once, unless its day, which is leaving, still holds it.
-local late = 0
+-- A late row is counted once, unless its day, which is leaving, still holds it: then it
+-- is an old row (below).
+local late, resident = 0, {}
 for _, l in ipairs(plan.late) do
-  if redis.call('HEXISTS', ix(l[1], l[2]), l[3]) == 0 then
+  if redis.call('HEXISTS', ix(l[1], l[2]), l[3]) == 1 then
+    resident[#resident + 1] = l
+  else
     late = late + redis.call('SADD', late_set(l[2]), l[3])
   end
 end
@@ -127,6 +130,7 @@ if use_model ~= '1' then
   for i = 0, n - 1, CHUNK do
     redis.call('RPUSH', pending, unpack(ARGV, VALUES + i, VALUES + math.min(i + CHUNK, n) - 1))
   end
+  for _, l in ipairs(resident) do redis.call('RPUSH', pending, ARGV[l[4]]) end
   return {n_new, 0, late}  -- PENDING holds rows: nothing leaves
 end
 
@@ -147,7 +151,7 @@ end
 
 -- Old rows were seen before; those still without a flag get theirs now, once.
 local scored, flagged = n_new, {}
-for _, o in ipairs(plan.old) do
+local function flag_old(o)
   -- o: day, bucket, id hash, the ARGV of its flag record, flag JSON, anomaly (or false)
   local key = ix(o[1], o[2])
   if redis.call('HGET', key, o[3]) == '' then
@@ -157,6 +161,8 @@ for _, o in ipairs(plan.old) do
     if o[6] then count_anomaly(o[6]) end
   end
 end
+for _, o in ipairs(plan.old) do flag_old(o) end
+for _, o in ipairs(resident) do flag_old(o) end
 if #flagged > 0 then
   redis.call('XADD', flag_stream, 'MAXLEN', '~', flags_max, '*', 'n', #flagged,
              'f', '[' .. table.concat(flagged, ',') .. ']')

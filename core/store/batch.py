@@ -362,7 +362,6 @@ class _ShardBatch:
         plan: dict[str, Any] = _totals(joined(fresh_rows, events), [idents[i].day for i in fresh])
         plan.update(
             g=groups,
-            late=[[idents[i].day, idents[i].bucket, idents[i].field] for i in late],
             days=sorted({idents[i].day for i in fresh}),
             no=len(stale),
         )
@@ -376,31 +375,34 @@ class _ShardBatch:
                 record = [row.session_id, row.wallet, row.score, row.use_case, *event]
                 jr.append([at.day, at.bucket, at.field, orjson.dumps(record).decode()])
         plan.update(jr=jr, oh=oh, j=len(oh))
-        an, olds = [], []
-        if flags is not None:
-            packed = {i: pack_flag(flags[i]) for i in fresh + stale}
-            flag_json = {i: orjson.dumps(flags[i]) for i in fresh + stale}
-            for i in fresh:
+        # Old rows (seen before) and late ones (which their leaving day may still hold)
+        # get their flag, or wait in PENDING again, if the shard holds them unflagged.
+        # Flag records are binary, which JSON cannot carry: each names its ARGV instead.
+        later = stale + late
+        first = _FIXED_ARGS + 2 * len(fresh) + 1
+        an: list[list[Any]] = []
+        olds, lates = [], []
+        for k, i in enumerate(later):
+            at = idents[i]
+            entry = [at.day, at.bucket, at.field, first + k, False, False]
+            if flags is not None:
+                entry[4] = orjson.dumps(flags[i])
                 if flags[i]["is_anomaly"]:
-                    an.append(_anomaly(rows[i], flags[i], idents[i]))
-            # Flag records are binary, which JSON cannot carry: old rows name their ARGV.
-            first_old = _FIXED_ARGS + 2 * len(fresh) + 1
-            for k, i in enumerate(stale):
-                anomaly = (
-                    _anomaly(rows[i], flags[i], idents[i]) if flags[i]["is_anomaly"] else False
-                )
-                at = idents[i]
-                olds.append([at.day, at.bucket, at.field, first_old + k, flag_json[i], anomaly])
-            values: list[Any] = [packed[i] for i in fresh] + [packed[i] for i in stale]
-            streamed = b"[" + b",".join(flag_json[i] for i in fresh) + b"]"
+                    entry[5] = _anomaly(rows[i], flags[i], at)
+            (olds if k < len(stale) else lates).append(entry)
+        if flags is not None:
+            an = [_anomaly(rows[i], flags[i], idents[i]) for i in fresh if flags[i]["is_anomaly"]]
+            values: list[Any] = [pack_flag(flags[i]) for i in fresh + later]
+            streamed = b"[" + b",".join(orjson.dumps(flags[i]) for i in fresh) + b"]"
         else:
-            values = [orjson.dumps(rows[i].to_wire()) for i in fresh + stale]
+            values = [orjson.dumps(rows[i].to_wire()) for i in fresh + later]
             streamed = b""
+        plan["late"] = lates
         plan.update(an=an, old=olds)
         return fresh, [
             orjson.dumps(plan, default=bytes.decode),
             # The window keeps rows as the ledger has them; readers join events (window_rows).
-            orjson.dumps([row.to_wire() for row in fresh_rows]),
+            orjson.dumps([rows[i].to_wire() for i in sorted(fresh)]),  # in the batch's order
             streamed,
             *(idents[i].field for i in fresh),
             *values,

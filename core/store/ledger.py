@@ -263,6 +263,7 @@ def counts(r: Redis) -> dict[str, int]:
         "score_events_orphaned": stats["orphans"],
         "score_events_expired": stats["orphans_expired"],
         "score_events_late": stats["late_events"],
+        "score_events_repeated": stats["score_events_repeated"],
     }
 
 

@@ -52,9 +52,9 @@ local function newer(ts, id, before_ts, before_id)
   return before_id == nil or ts > before_ts or (ts == before_ts and id > before_id)
 end
 
-local events = cjson.decode(ARGV[4])
+local batch = cjson.decode(ARGV[4])
 local applied, late = 0, 0
-for _, e in ipairs(events) do
+for _, e in ipairs(batch) do
   local tb, tf, eb, ef, eday, stored = e[1], e[2], e[3], e[4], e[5], e[6]
   local ts, id, score, uc = value(e[7]) or 0, e[8], value(e[9]), value(e[10])
   if eday ~= 'undated' and clock > 0 and eday <= clock - retention then
@@ -109,6 +109,6 @@ for _, e in ipairs(events) do
 end
 if applied > 0 then redis.call('HINCRBY', stats, 'score_events', applied) end
 if late > 0 then redis.call('HINCRBY', stats, 'late_events', late) end
-local repeated = #events - applied - late
+local repeated = #batch - applied - late
 if repeated > 0 then redis.call('HINCRBY', stats, 'score_events_repeated', repeated) end
 return applied
