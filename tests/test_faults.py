@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from thronos_analytics.analytics.simulate import SimConfig, write
-from thronos_analytics.core import keys
+from thronos_analytics.core import keys, store
 from thronos_analytics.core.messages import SCORING, TRAINING, send_batch
 from thronos_analytics.producers.backfill import backfill
 
@@ -41,19 +41,26 @@ def train_first_model(rows, r) -> str:
     from thronos_analytics.workers.tasks import retrain_anomaly
 
     send_batch(rows)
-    wait_for(lambda: r.scard(keys.SEEN) >= len(rows), what="first rows ingested")
+    wait_for(lambda: seen(r) >= len(rows), what="first rows ingested")
     result = retrain_anomaly.delay(force=True).get(timeout=120)
     assert "version" in result, result
     return result["version"]
 
 
+def seen(r) -> int:
+    return store.counts(r)["interactions_seen"]
+
+
+def scored(r) -> int:
+    return store.counts(r)["interactions_scored"]
+
+
 def assert_scored_exactly_once(r, rows) -> None:
-    ids = {row.id for row in rows}
-    assert r.scard(keys.SEEN) == len(ids)
-    assert {k.decode() for k in r.hkeys(keys.FLAGS)} == ids
-    assert_published_once(r, len(ids))
-    flags = [orjson.loads(v) for v in r.hvals(keys.FLAGS)]
-    assert int(r.hget(keys.STATS, "anomalies") or 0) == sum(f["is_anomaly"] for f in flags)
+    ids = {row.id: row.ts for row in rows}
+    assert seen(r) == len(ids)
+    assert_published_once(r, rows)
+    flags = store.flags_of(r, list(ids.items())).values()
+    assert store.counts(r)["anomalies"] == sum(f["is_anomaly"] for f in flags)
     assert_aggregates_match_ledger(r, rows)
 
 
@@ -75,15 +82,15 @@ def test_kill_9_of_a_worker_child_and_of_a_whole_worker_loses_and_repeats_nothin
         replay = pool.submit(
             backfill, ledger, send_batch, lambda _: None, 250, confirm_with=r, timeout=240
         )
-        wait_for(lambda: r.hlen(keys.FLAGS) > 12_000, what="a third of the stream")
+        wait_for(lambda: scored(r) > 12_000, what="a third of the stream")
         os.kill(children(first.pid)[0], signal.SIGKILL)  # one prefork child, mid-batch
-        wait_for(lambda: r.hlen(keys.FLAGS) > 25_000, what="half of the stream")
+        wait_for(lambda: scored(r) > 25_000, what="half of the stream")
         os.killpg(second.pid, signal.SIGKILL)  # a whole worker: parent and child
         second.wait()
         workers.start("scoring3", SCORING, concurrency=1, extra_env=WORKER_ENV)
         replay.result()
 
-    wait_for(lambda: r.hlen(keys.FLAGS) == len(rows), timeout=60, what="every row scored")
+    wait_for(lambda: scored(r) == len(rows), timeout=60, what="every row scored")
     assert_scored_exactly_once(r, rows)
 
 
@@ -109,13 +116,13 @@ def test_redis_restart_mid_stream_loses_nothing_and_everyone_reconnects(
     thread = threading.Thread(target=tail.run, daemon=True)
     thread.start()
     try:
-        wait_for(lambda: r.hlen(keys.FLAGS) >= 2000, what="scoring under way")
+        wait_for(lambda: scored(r) >= 2000, what="scoring under way")
         redis_server.stop()  # graceful: the AOF is flushed, as in a restart
         with ledger.open("ab") as f:  # the ledger keeps growing while Redis is away
             f.writelines(lines[3000:])
         wait_for(lambda: tail.receipts.outage, what="the tail producer to meet the outage")
         redis_server.start()
-        wait_for(lambda: r.hlen(keys.FLAGS) == len(rows), timeout=180, what="every row scored")
+        wait_for(lambda: scored(r) == len(rows), timeout=180, what="every row scored")
     finally:
         tail.stop.set()
         thread.join(10)
@@ -152,7 +159,7 @@ def test_redis_down_30s_while_recording(env, r, workers, redis_server, tmp_path)
     assert len((tmp_path / "ai_ledger.jsonl").read_bytes().splitlines()) == 1200 + len(during)
     assert recorder.outbox.flush(120)
     rows = before + during
-    wait_for(lambda: r.hlen(keys.FLAGS) == len(rows), timeout=120, what="every row scored")
+    wait_for(lambda: scored(r) == len(rows), timeout=120, what="every row scored")
     assert_scored_exactly_once(r, rows)
 
 
@@ -169,13 +176,13 @@ def test_producer_killed_mid_batch_resumes_from_its_checkpoint(env, r, workers, 
     checkpoint = ledger.with_name(ledger.name + ".checkpoint")
     producer = subprocess.Popen(command, env={**env, "THRONOS_BATCH_SIZE": "200"})
     try:
-        wait_for(lambda: checkpoint.exists() and r.scard(keys.SEEN) > 8000, what="progress")
+        wait_for(lambda: checkpoint.exists() and seen(r) > 8000, what="progress")
         producer.kill()  # SIGKILL: no chance to save anything
         producer.wait()
         killed_at = orjson.loads(checkpoint.read_bytes())["offset"]
         assert 0 < killed_at < ledger.stat().st_size
         producer = subprocess.Popen(command, env={**env, "THRONOS_BATCH_SIZE": "200"})
-        wait_for(lambda: r.hlen(keys.FLAGS) == len(rows), timeout=180, what="every row scored")
+        wait_for(lambda: scored(r) == len(rows), timeout=180, what="every row scored")
     finally:
         stop(producer, sig=signal.SIGKILL)
     assert orjson.loads(checkpoint.read_bytes())["offset"] == ledger.stat().st_size
@@ -215,13 +222,12 @@ def test_bad_model_is_refused_and_scoring_goes_on_with_the_last_good_one(env, r,
 
     # A good model, published the way training publishes it.
     from thronos_analytics.analytics.anomaly import AnomalyDetector
-    from thronos_analytics.core import store
 
     detector = AnomalyDetector().fit(rows[:1000])
     info = {"n_samples": 1000, "trained_at": time.time()}
     good = store.publish_model(r, "anomaly", detector.to_bytes(), info)
     send_batch(rows[:1000])
-    wait_for(lambda: r.hlen(keys.FLAGS) == 1000, what="first flags")
+    wait_for(lambda: scored(r) == 1000, what="first flags")
 
     # 1. A retrain whose model is refused publishes nothing and says why.
     failed = retrain_anomaly.delay(force=True).get(timeout=120)
@@ -230,8 +236,9 @@ def test_bad_model_is_refused_and_scoring_goes_on_with_the_last_good_one(env, r,
     r.set(keys.model_blob("anomaly", "29990101T000000.000000"), b"not a model")
     r.set(keys.model_current("anomaly"), "29990101T000000.000000")
     send_batch(rows[1000:])
-    wait_for(lambda: r.hlen(keys.FLAGS) == len(rows), what="scoring with the last good model")
-    versions = {orjson.loads(v)["model_version"] for v in r.hvals(keys.FLAGS)}
+    wait_for(lambda: scored(r) == len(rows), what="scoring with the last good model")
+    flags = store.flags_of(r, [(row.id, row.ts) for row in rows]).values()
+    versions = {flag["model_version"] for flag in flags}
     assert versions == {good}
 
     status = subprocess.run(
