@@ -18,17 +18,20 @@ from __future__ import annotations
 
 import struct
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 _FLAG = struct.Struct("<fBq")
 VERSION_FORMAT = "%Y%m%dT%H%M%S.%f"
 
 
+@lru_cache(maxsize=64)  # a batch's flags share one version
 def _version_number(version: str) -> int:
     moment = datetime.strptime(version, VERSION_FORMAT).replace(tzinfo=UTC)
     return round(moment.timestamp() * 1_000_000)
 
 
+@lru_cache(maxsize=64)
 def _version_name(number: int) -> str:
     return datetime.fromtimestamp(number / 1_000_000, UTC).strftime(VERSION_FORMAT)
 
