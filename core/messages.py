@@ -64,7 +64,9 @@ def celery_config(config: Settings) -> dict[str, Any]:
     restore_every = max(1, min(10, int(config.visibility_timeout / 2)))
     return {
         "broker_url": config.broker_url,
-        "result_backend": config.redis_url,  # chords need one; results are kept an hour
+        # Chords need one; results are kept an hour. Celery's Redis backend cannot use a
+        # cluster, so with one the results go to the broker (a plain Redis: stack.py).
+        "result_backend": config.broker_url if config.redis_cluster else config.redis_url,
         "result_expires": 3600,
         "task_serializer": "orjson",
         "result_serializer": "json",

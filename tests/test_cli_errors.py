@@ -25,7 +25,7 @@ import orjson
 import pytest
 
 from thronos_analytics.analytics.simulate import SimConfig, write
-from thronos_analytics.core import keys
+from thronos_analytics.core import store
 from thronos_analytics.core.contract import Rejection, Row, parse_line
 from thronos_analytics.core.messages import SCORING
 from thronos_analytics.stack import STATE_FILE, free_port
@@ -206,10 +206,12 @@ def test_an_unreadable_ledger_is_one_line(command, env, ledger):
 
 
 def test_flags_id_prints_that_flag_or_says_there_is_none(env, r, ledger):
-    from thronos_analytics.core import store
-
     rows = [p for p in map(parse_line, ledger.read_bytes().splitlines()) if type(p) is Row]
-    flags = [{"id": row.id, "anomaly_score": 0.5, "is_anomaly": False} for row in rows[:3]]
+    version = "20260301T120000.000000"  # a model version, as store.publish_model names them
+    flags = [
+        {"id": row.id, "anomaly_score": 0.5, "is_anomaly": False, "model_version": version}
+        for row in rows[:3]
+    ]
     store.apply_batch(r, rows[:3], flags)
     store.apply_batch(r, rows[3:4], None)  # seen, parked: no model yet
 
@@ -263,7 +265,13 @@ def test_status_json_gives_numbers_as_numbers_and_the_state_warning(env, r, tmp_
     # An earlier export that accounted for more: this one is flagged.
     path.write_bytes(orjson.dumps({"stats": {"interactions_scored": 100}}))
     write_analytics(r, path)
-    r.hincrby(keys.DROPPED_FIELDS, "meta.rating", 3)
+    # Three rows whose rating cannot be read: kept, with the source counted as dropped.
+    line = {"provider": "claude", "meta": {"rating": "lots"}}
+    unreadable = [
+        parse_line(orjson.dumps({**line, "id": f"x{i}", "ts": 1772366400 + i})) for i in range(3)
+    ]
+    assert all(type(row) is Row and row.dropped == "meta.rating" for row in unreadable)
+    store.apply_batch(r, unreadable, None)
 
     done = cli(env, "status", "--json")
     assert done.returncode == 0, done.stderr.decode()
@@ -304,7 +312,7 @@ def test_a_second_backfill_finds_no_new_rows_and_rejects_each_line_once(env, r, 
     rejected_file = ledger.with_name("small.rejected.jsonl")
     rejected = rejected_file.read_bytes().splitlines()
     assert sorted(orjson.loads(x)["line"] for x in rejected) == sorted(b.line for b in bad)
-    assert r.hlen(keys.REJECTED) == len(bad)
+    assert store.counts(r)["interactions_rejected"] == len(bad)
 
     # Redis lost its state: the rows are new to it again, the rejected lines are not to the file.
     r.flushall()
@@ -312,7 +320,7 @@ def test_a_second_backfill_finds_no_new_rows_and_rejects_each_line_once(env, r, 
     assert third.returncode == 0, third.stderr.decode()[-3000:]
     assert orjson.loads(third.stdout)["new_rows"] == len(rows)
     assert rejected_file.read_bytes().splitlines() == rejected
-    assert r.hlen(keys.REJECTED) == len(bad)
+    assert store.counts(r)["interactions_rejected"] == len(bad)
 
 
 # --- the running stack, found by its data dir -----------------------------------------

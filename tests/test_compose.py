@@ -3,8 +3,9 @@
 compose.yaml is validated against the Compose Specification's JSON Schema (the copy that
 check-jsonschema vendors), after interpolating it the way ``docker compose`` does with the
 placeholder values of .env.example. The rest checks what a schema cannot: the commands
-are real ``thronos-analytics`` subcommands, Redis is private and durable, no secret is
-written in a file, and the alert rules and systemd units say what the runbook promises.
+are real ``thronos-analytics`` subcommands, Redis is private and durable, the
+``redis-cluster`` profile keeps the state on the cluster and the broker on a plain Redis,
+no secret is written in a file, and the alert rules and systemd units say what the runbook promises.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import tomllib
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import pytest
@@ -42,6 +44,16 @@ APP_SERVICES = {
     "producer": "tail",
     "flower": "flower",
     "metrics": "metrics",
+}
+# The redis-cluster profile (ops/RUNBOOK.md, "Running on a Redis Cluster").
+CLUSTER_PROFILE = "redis-cluster"
+CLUSTER_NODES = ("redis-node-1", "redis-node-2", "redis-node-3")
+CLUSTER_SERVICES = {*CLUSTER_NODES, "redis-cluster-init"}
+# What .env adds for it; any node will do as THRONOS_REDIS_HOST.
+CLUSTER_ENV = {
+    "COMPOSE_PROFILES": CLUSTER_PROFILE,
+    "THRONOS_REDIS_CLUSTER": "1",
+    "THRONOS_REDIS_HOST": "redis-node-2",
 }
 UNITS = {
     "thronos-worker@.service": "worker",
@@ -205,7 +217,11 @@ def test_the_schema_catches_a_misspelt_key():
 
 
 def test_compose_has_the_expected_services():
-    assert set(compose()["services"]) == {"redis", *APP_SERVICES}
+    services = compose()["services"]
+    assert set(services) == {"redis", *APP_SERVICES, *CLUSTER_SERVICES}
+    profiled = {name for name, service in services.items() if service.get("profiles")}
+    assert profiled == CLUSTER_SERVICES
+    assert all(services[name]["profiles"] == [CLUSTER_PROFILE] for name in profiled)
 
 
 @pytest.mark.parametrize("name", sorted(APP_SERVICES))
@@ -303,6 +319,76 @@ def test_redis_is_private():
     networks = list(networks) if isinstance(networks, dict) else networks
     assert networks == ["internal"]
     assert config["networks"]["internal"]["internal"] is True
+
+
+def url_host(url: str) -> str:
+    return urlsplit(url).hostname or ""
+
+
+@pytest.mark.parametrize("name", CLUSTER_NODES)
+def test_cluster_nodes_are_private_durable_masters_with_a_password(name: str):
+    node = compose()["services"][name]
+    line = " ".join(command(node))
+    for flag in (
+        "--cluster-enabled yes",
+        "--cluster-config-file /data/nodes.conf",
+        '--requirepass "$REDIS_PASSWORD"',
+        '--masterauth "$REDIS_PASSWORD"',
+        '--cluster-announce-hostname "$NODE_NAME"',
+        "--cluster-preferred-endpoint-type hostname",
+    ):
+        assert flag in line, f"{name}: {flag}"
+    assert environment(node)["NODE_NAME"] == name  # the name clients resolve
+    password = environment(compose_raw()["services"][name])["REDIS_PASSWORD"]
+    assert WHOLE_INTERPOLATION.fullmatch(password)
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in node["volumes"]}
+    conf = redis_conf(ROOT / mounts["/usr/local/etc/redis/redis.conf"])
+    assert conf["appendonly"] == "yes" and conf["maxmemory-policy"] == "noeviction"
+    assert conf["dir"] == "/data" and mounts["/data"] == f"{name}-data"  # its own volume
+    assert "ports" not in node and node["networks"] == ["internal"]
+    assert "PONG" in " ".join(node["healthcheck"]["test"])
+
+
+def test_cluster_init_joins_the_nodes_once_and_meets_them_again_after():
+    init = compose()["services"]["redis-cluster-init"]
+    assert set(init["depends_on"]) == set(CLUSTER_NODES)
+    assert all(d["condition"] == "service_healthy" for d in init["depends_on"].values())
+    assert WHOLE_INTERPOLATION.fullmatch(
+        environment(compose_raw()["services"]["redis-cluster-init"])["REDISCLI_AUTH"]
+    )
+    assert init["restart"] == "no"
+    script = command(init)[-1]
+    assert "--cluster create" in script and "--cluster-replicas 0" in script
+    assert "cluster meet" in script and "cluster_state:ok" in script
+    if shutil.which("sh"):
+        done = subprocess.run(["sh", "-n"], input=script, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+
+
+STATE_SERVICES = {"worker", "beat", "producer", "metrics"}  # flower needs only the broker
+CLUSTER_SETTINGS = ("REDIS_URL", "CELERY_BROKER_URL", "THRONOS_REDIS_CLUSTER")
+
+
+def test_state_is_on_the_cluster_and_the_broker_a_plain_redis_with_the_profile():
+    from thronos_analytics.core.settings import Settings
+    from thronos_analytics.stack import check_cluster
+
+    single = compose()["services"]
+    cluster = interpolate(compose_raw(), {**env_example(), **CLUSTER_ENV})["services"]
+    for name in STATE_SERVICES | {"flower"}:
+        env, alone = environment(cluster[name]), environment(single[name])
+        assert url_host(env["CELERY_BROKER_URL"]) == url_host(alone["CELERY_BROKER_URL"]) == "redis"
+        assert alone["REDIS_URL"] == alone["CELERY_BROKER_URL"], name  # one Redis, as before
+        assert alone["THRONOS_REDIS_CLUSTER"] == "0"
+        assert url_host(env["REDIS_URL"]) == CLUSTER_ENV["THRONOS_REDIS_HOST"], name
+        config = Settings(**{k: env[k] for k in CLUSTER_SETTINGS})
+        assert config.redis_cluster
+        check_cluster(config)  # what `worker`, `beat`, `tail` and `flower` check first
+    # THRONOS_REDIS_CLUSTER=1 alone leaves REDIS_URL on the broker: refused in one line.
+    alone = interpolate(compose_raw(), {**env_example(), "THRONOS_REDIS_CLUSTER": "1"})
+    env = environment(alone["services"]["worker"])
+    with pytest.raises(SystemExit, match="celery#2852"):
+        check_cluster(Settings(**{k: env[k] for k in CLUSTER_SETTINGS}))
 
 
 def test_flower_has_auth_and_is_published_on_localhost_only():
@@ -548,8 +634,9 @@ def test_runbook_names_the_real_keys_and_files():
         keys.model_blob("anomaly", "<version>"),
         keys.model_versions("anomaly"),
         keys.REJECTED_STREAM,
-        keys.FLAGS,
-        keys.FLAG_STREAM,
+        keys.shard_prefix(0, 1) + keys.FLAG_STREAM,  # a single Redis's one shard
+        keys.shard_prefix(0, 1) + keys.ANOMALIES,
+        f"{CLI} flags --id",
         rejected,
         f"{CLI} backfill",
         f"{CLI} status",

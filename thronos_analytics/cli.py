@@ -117,6 +117,14 @@ def _explain(exc: BaseException) -> str:
                 f"Redis at {_shown(config.redis_url)} refused the login ({cause}):"
                 " check the password in REDIS_URL"
             )
+        if isinstance(cause, redis.exceptions.RedisClusterException) and not isinstance(
+            cause.__cause__, (redis.ConnectionError, redis.TimeoutError)  # said below
+        ):
+            return (
+                f"THRONOS_REDIS_CLUSTER=1, but Redis at {_shown(config.redis_url)} is not a"
+                f" usable Redis Cluster ({cause}): point REDIS_URL at a node of one, or unset"
+                " THRONOS_REDIS_CLUSTER for a single Redis"
+            )
         if isinstance(cause, (redis.ConnectionError, redis.TimeoutError)):
             return (
                 f"cannot reach Redis at {_shown(config.redis_url)} ({cause}): is it running?"
@@ -169,6 +177,14 @@ def _use_stack() -> str:
             )
     use_settings(config.with_stack(state.redis_url, broker))
     return state.redis_url
+
+
+def _check_cluster() -> None:
+    """For a command that starts workers or uses the broker: refuse a Redis Cluster set up
+    without a broker of its own, or without REDIS_URL (``stack.check_cluster``)."""
+    from thronos_analytics.stack import check_cluster
+
+    check_cluster(settings())
 
 
 def _connect() -> Any:
@@ -318,6 +334,7 @@ def run(
     from thronos_analytics.stack import Stack
 
     config = settings(ledger or ())
+    _check_cluster()  # Stack.start checks too; here before a ping or the demo file
     if flower:
         _check_flower_auth("--flower-no-auth", flower_no_auth)
     _check_ledgers(config.ledgers, config.ledger_named, _origin(ledger, config), must_exist=False)
@@ -683,6 +700,7 @@ def backfill(
     config = settings(named)
     origin = "" if paths else _origin(ledger, config)
     _check_ledgers(config.ledgers, True, origin, must_exist=True)
+    _check_cluster()
     r = _connect()
     _publish_quickly()
     checked = threading.Event()
@@ -749,6 +767,7 @@ def tail(ledger: LedgerOpt = None) -> None:
     """Follow ledgers that another program writes, each from its own durable checkpoint."""
     config = settings(ledger or ())
     _check_ledgers(config.ledgers, config.ledger_named, _origin(ledger, config), must_exist=False)
+    _check_cluster()
     r = _connect()
     _publish_quickly()
     tails = _follow(config, config.ledgers, r)
@@ -1014,6 +1033,7 @@ def worker(
     """A Celery worker (extra arguments go to `celery worker`)."""
     from thronos_analytics.stack import worker_command
 
+    _check_cluster()
     _use_stack()
     command = worker_command(name, queues, concurrency, "INFO") + list(ctx.args)
     os.execv(command[0], command)
@@ -1024,6 +1044,7 @@ def beat() -> None:
     """Celery beat; only the holder of a Redis lock schedules, so a second beat idles."""
     from thronos_analytics.stack import celery_command
 
+    _check_cluster()
     _use_stack()
     command = celery_command("beat", "-l", "INFO")
     os.execv(command[0], command)
@@ -1038,6 +1059,7 @@ def flower(
     from thronos_analytics.stack import celery_command
 
     _check_flower_auth("--no-auth", no_auth)
+    _check_cluster()
     _use_stack()
     _print_flower(port)
     command = celery_command("flower", f"--port={port}")

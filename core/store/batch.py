@@ -381,7 +381,8 @@ class _ShardBatch:
         later = stale + late
         first = _FIXED_ARGS + 2 * len(fresh) + 1
         an: list[list[Any]] = []
-        olds, lates = [], []
+        olds: list[list[Any]] = []
+        lates: list[list[Any]] = []
         for k, i in enumerate(later):
             at = idents[i]
             entry = [at.day, at.bucket, at.field, first + k, False, False]

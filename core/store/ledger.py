@@ -14,7 +14,7 @@ import orjson
 from redis import Redis
 
 from thronos_analytics.core import aggregates, keys
-from thronos_analytics.core.contract import Entry, Rejection, Row
+from thronos_analytics.core.contract import Entry, Rejection, Row, ScoreEvent
 from thronos_analytics.core.settings import settings
 from thronos_analytics.core.store.records import unpack_flag
 from thronos_analytics.core.store.shards import (
@@ -54,7 +54,7 @@ def unseen(r: Redis, entries: Sequence[Entry]) -> list[Entry]:
     """The entries Redis has not counted: rows by their ``ix`` field (or as late), score
     events by their mark."""
     rows = [e for e in entries if type(e) is Row]
-    events = [e for e in entries if type(e) is not Row]
+    events = [e for e in entries if isinstance(e, ScoreEvent)]
     missing: list[Entry] = [
         row
         for row, seen in zip(rows, _seen(r, [ident(row.id, row.ts) for row in rows]), strict=True)

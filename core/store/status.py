@@ -144,8 +144,12 @@ def _lag_summary(raw: dict[str, float]) -> dict[str, Any]:
 
 def _memory(r: Redis, seen: int) -> dict[str, Any]:
     """Redis's memory, and what it comes to per interaction counted (all state included)."""
-    memory = r.info("memory")
-    used, limit = int(memory["used_memory"]), int(memory.get("maxmemory") or 0)
+    if hasattr(r, "get_primaries"):  # a cluster: the state is on all of its primaries
+        nodes = list(r.info("memory", target_nodes=r.get_primaries()).values())
+    else:
+        nodes = [r.info("memory")]
+    used = sum(int(node["used_memory"]) for node in nodes)
+    limit = sum(int(node.get("maxmemory") or 0) for node in nodes)
     return {
         "used_bytes": used,
         "max_bytes": limit or None,
