@@ -26,7 +26,8 @@ pytest_plugins = ["cluster"]
 CLI = [sys.executable, "-m", "thronos_analytics.cli"]
 BROKER_LINE = (
     "Error: THRONOS_REDIS_CLUSTER=1: Celery cannot use a Redis Cluster as its broker"
-    " (celery#2852); set CELERY_BROKER_URL to a plain Redis or RabbitMQ"
+    " (celery#2852), and the retrains' chords keep their results where the broker"
+    " is; set CELERY_BROKER_URL to a plain Redis"
 )
 
 

@@ -28,6 +28,8 @@ from thronos_analytics.producers.backfill import backfill
 from processes import stop, stop_all, wait_for
 from recount import assert_aggregates_match_ledger, assert_published_once, ledger_rows
 
+pytest_plugins = ["cluster"]  # the fixtures redis_cluster and cluster_env
+
 # Redeliver a dead worker's messages after 4 s, and train only when a test says so.
 WORKER_ENV = {"THRONOS_VISIBILITY_TIMEOUT": "4", "THRONOS_MIN_TRAIN_ROWS": str(10**9)}
 
@@ -64,9 +66,22 @@ def assert_scored_exactly_once(r, rows) -> None:
     assert_aggregates_match_ledger(r, rows)
 
 
+@pytest.fixture(params=["one Redis", "a Redis Cluster"])
+def state(request, env, r):
+    """The state's Redis: the tests' own, or a 3-master cluster with the broker kept on
+    the tests' Redis. The workers started after it inherit the choice through ``env``."""
+    if request.param == "one Redis":
+        return r
+    env.update(request.getfixturevalue("cluster_env"))
+    client = store.connect()
+    client.flushall()
+    return client
+
+
 def test_kill_9_of_a_worker_child_and_of_a_whole_worker_loses_and_repeats_nothing(
-    env, r, workers, tmp_path
+    env, state, workers, tmp_path
 ):
+    r = state
     ledger = tmp_path / "ledger.jsonl"
     write(SimConfig(rows=50_000, seed=11), ledger)
     rows = ledger_rows(ledger)
