@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from thronos_analytics.core import keys
+from thronos_analytics.core import keys, store
 from thronos_analytics.core.contract import Rejection, Row, ScoreEvent, parse_line
 from thronos_analytics.core.messages import SCORING, TRAINING, send_batch
 from thronos_analytics.producers.dead_letter import DeadLetter
@@ -117,14 +117,14 @@ def test_contract_never_raises_and_explains_every_rejection(line):
 def test_tail_and_workers_survive_any_mix_and_are_idempotent(trained_pipeline, tmp_path, lines):
     r = trained_pipeline
     tag = uuid.uuid4().hex[:8]
-    content, good_ids, bad = [], set(), 0
+    content, good_ids, bad = [], {}, 0
     for i, item in enumerate(lines):
         raw = good_line(tag, i, *item) if isinstance(item, tuple) else item.replace(b"\n", b" ")
         parsed = parse_line(raw, i + 1)
         if not raw.strip():
             continue
         if isinstance(parsed, Row):
-            good_ids.add(parsed.id)
+            good_ids[parsed.id] = parsed.ts
         elif isinstance(parsed, Rejection):
             bad += 1
         content.append(raw)
@@ -143,7 +143,7 @@ def test_tail_and_workers_survive_any_mix_and_are_idempotent(trained_pipeline, t
         )
         tail.step()
         wait_for(
-            lambda: all(r.hmget(keys.FLAGS, list(good_ids))) if good_ids else True,
+            lambda: not store.unflagged(r, list(good_ids.items())),
             timeout=60,
             what="good rows scored",
         )
@@ -168,10 +168,10 @@ def test_workers_reject_malformed_messages_and_score_the_rest(trained_pipeline):
     ]
     before = r.hlen(keys.REJECTED)
     send_batch_raw(payload)
-    wait_for(lambda: r.hget(keys.FLAGS, good["id"]), what="the good row scored")
-    wait_for(lambda: r.hget(keys.FLAGS, "msg-dropped"), what="the row without credits scored")
+    wait_for(lambda: store.flag_of(r, good["id"]), what="the good row scored")
+    wait_for(lambda: store.flag_of(r, "msg-dropped"), what="the row without credits scored")
     wait_for(lambda: r.hlen(keys.REJECTED) - before == len(payload) - 2, what="rejections")
-    assert r.hget(keys.DROPPED_FIELDS, "credits_used") == b"1"
+    assert store.dropped_fields(r)["credits_used"] == 1
     reasons = [orjson.loads(v)["reason"] for v in r.hvals(keys.REJECTED)]
     assert any("not an object" in reason for reason in reasons)
 
@@ -198,7 +198,7 @@ def trained_pipeline(env, r, workers, tmp_path_factory):
     ledger = tmp_path_factory.mktemp("seed") / "ledger.jsonl"
     write(SimConfig(rows=1500, seed=21), ledger)
     send_batch(ledger_rows(ledger))
-    wait_for(lambda: r.scard(keys.SEEN) == 1500, what="seed rows")
+    wait_for(lambda: store.counts(r)["interactions_seen"] == 1500, what="seed rows")
     assert "version" in retrain_anomaly.delay(force=True).get(timeout=120)
-    wait_for(lambda: r.hlen(keys.FLAGS) == 1500, what="seed rows scored")
+    wait_for(lambda: store.counts(r)["interactions_scored"] == 1500, what="seed rows scored")
     return r
