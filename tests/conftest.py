@@ -41,6 +41,10 @@ def env(redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPat
         "REDIS_URL": redis_server.url,
         "THRONOS_DATA_DIR": str(tmp_path / "data"),
         "THRONOS_LEDGER": str(tmp_path / "data" / "ai_ledger.jsonl"),
+        # The simulator's ledgers span 14 days (SimConfig.days), more than the default
+        # horizon of 8: with it, their oldest rows would be counted late and not flagged.
+        # tests/test_retention.py tests the horizon itself, with its own setting.
+        "THRONOS_RETENTION_DAYS": "30",
     }
     monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
     for key, value in values.items():

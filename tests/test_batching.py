@@ -22,6 +22,7 @@ from thronos_analytics.analytics.simulate import SimConfig, write
 from thronos_analytics.core import keys, store
 from thronos_analytics.core.contract import Row, parse_line
 from thronos_analytics.core.messages import SCORING, TRAINING, send_batch
+from thronos_analytics.core.store.shards import all_shards
 from thronos_analytics.producers import receipts as receipts_module
 from thronos_analytics.producers.backfill import backfill
 from thronos_analytics.producers.emit import Outbox
@@ -195,26 +196,27 @@ def scoring_with_model(r, env, workers, tmp_path):
     seed_rows = simulated_rows(tmp_path, 1500, seed=25)
     send_batch(seed_rows)
     wait_for_flags(r, len(seed_rows))
-    assert r.hlen(keys.FLAGS) == len(seed_rows)
+    assert store.counts(r)["interactions_scored"] == len(seed_rows)
+    assert_published_once(r, seed_rows)
     return seed_rows
 
 
 def wait_for_flags(r, n: int, timeout: float = 120) -> None:
     def flagged() -> int:
-        return r.hlen(keys.FLAGS)
+        return store.counts(r)["interactions_scored"]
 
     wait_for(lambda: flagged() >= n, timeout, lambda: f"{n} flags, {flagged()} so far")
 
 
 def assert_each_flagged_once(r, seed_rows: list[Row], rows: list[Row]) -> None:
-    total = len(seed_rows) + len(rows)
-    assert r.scard(keys.SEEN) == r.hlen(keys.FLAGS) == total
-    assert_published_once(r, total)
-    flagged = {k.decode() for k in r.hkeys(keys.FLAGS)}
-    assert {row.id for row in rows} <= flagged
-    calls = sum(int(v) for v in r.hvals(keys.agg("session", "calls")))
-    assert calls == sum(1 for row in (*seed_rows, *rows) if row.session_id)
-    assert r.llen(keys.PENDING) == 0
+    every = [*seed_rows, *rows]
+    counted = store.counts(r)
+    assert counted["interactions_seen"] == counted["interactions_scored"] == len(every)
+    # Every row has its flag, each published once.
+    assert_published_once(r, every)
+    calls = sum(store.aggregate_values(r, "session")["calls"].values())
+    assert calls == sum(1 for row in every if row.session_id)
+    assert counted["pending"] == 0
 
 
 def test_rows_through_the_outbox_are_scored_exactly_once(r, scoring_with_model, tmp_path):
@@ -260,14 +262,16 @@ def test_window_reads_only_what_was_added_and_still_equals_a_full_read(
     assert store.window_rows(r, 100) == rows[350:450]
     add(rows[450:900])  # past THRONOS_WINDOW_ROWS: the stream drops its oldest batches
     assert store.window_rows(r, 500) == full_read(500) == rows[400:900]
-    held = [row for _, f in r.xrange(keys.WINDOW) for row in orjson.loads(f[b"r"])]
-    assert 500 <= len(held) < 500 + 70
+    held = full_read(10_000)  # all the stream holds: the entries with the newest 500 rows
+    assert 500 <= len(held) < 500 + 70 and held == rows[900 - len(held) : 900]
+    assert full_read(500) == rows[400:900]
     add(rows[:900])  # seen already: the window gets nothing twice
     assert store.window_rows(r, 500) == rows[400:900]
     r.flushall()  # recreated: nothing read before may come back
     add(rows[:10])
     assert store.window_rows(r, 500) == rows[:10]
-    r.delete(keys.WINDOW)
+    for shard in all_shards():  # the stream alone is lost: the rows read before go with it
+        r.delete(shard.prefix + keys.WINDOW)
     assert store.window_rows(r, 500) == []
 
 
@@ -324,9 +328,10 @@ def test_backfill_ends_only_when_every_row_arrived_even_a_lost_batch(
             send_batch(batch)
 
     replay = backfill(ledger, lossy, lambda _: None, batch_size=300, confirm_with=r, timeout=60)
-    assert r.smismember(keys.SEEN, sorted(replay.ids)) == [1] * len(replay.ids)
-    assert len(calls) == 5 and calls[4] == calls[1]  # four batches, then the lost one again
     rows = ledger_rows(ledger)
+    assert replay.ids == {row.id: row.ts for row in rows}
+    assert store.unseen(r, rows) == []  # Redis has every row once backfill returns
+    assert len(calls) == 5 and calls[4] == calls[1]  # four batches, then the lost one again
     wait_for_flags(r, len(scoring_with_model) + len(rows))
     assert_each_flagged_once(r, scoring_with_model, rows)
 
@@ -351,7 +356,7 @@ def test_a_redis_that_lost_its_state_has_the_ledger_read_again_from_the_top(r, e
     assert tail_once(ledger, r) == []  # same Redis: the checkpoint holds
     r.flushall()  # as when Redis restarts on data it cannot read
     assert tail_once(ledger, r) == ids
-    # A checkpoint written before states were recorded: an empty SEEN tells the same.
+    # A checkpoint written before states were recorded: no row counted tells the same.
     checkpoint = ledger.with_name(ledger.name + ".checkpoint")
     old = orjson.loads(checkpoint.read_bytes())
     checkpoint.write_bytes(orjson.dumps({k: v for k, v in old.items() if k != "state"}))

@@ -12,7 +12,7 @@ import time
 import orjson
 
 from thronos_analytics.analytics.simulate import SimConfig, write
-from thronos_analytics.core import keys
+from thronos_analytics.core import store
 from thronos_analytics.core.contract import Row, parse_line
 from thronos_analytics.core.messages import SCORING
 
@@ -77,7 +77,9 @@ def test_backfill_is_quiet_off_a_terminal_and_ends_when_redis_has_every_row(
     assert done.returncode == 0, done.stderr.decode()
     assert done.stderr == b""
     assert orjson.loads(done.stdout)["rows"] == 500
-    assert r.scard(keys.SEEN) == 500
+    assert store.counts(r)["interactions_seen"] == 500
+    rows = [p for p in map(parse_line, ledger.read_bytes().splitlines()) if type(p) is Row]
+    assert len(rows) == 500 and store.unseen(r, rows) == []
 
 
 def test_worker_logs_json_lines_with_task_and_model_version(env, r, tmp_path):
@@ -113,7 +115,7 @@ def test_worker_logs_json_lines_with_task_and_model_version(env, r, tmp_path):
 
     def scored() -> bool:
         assert worker.poll() is None, worker.stderr.read().decode()[-3000:]
-        return r.hlen(keys.FLAGS) >= len(rows)
+        return store.counts(r)["interactions_scored"] >= len(rows)
 
     try:
         send_batch(rows)
@@ -159,8 +161,6 @@ def test_status_fits_a_screen_and_keeps_its_json_keys(env, r):
 
 
 def test_flags_prints_the_newest_flags_across_batches_oldest_first(env, r, tmp_path):
-    from thronos_analytics.core import store
-
     ledger = tmp_path / "ledger.jsonl"
     write(SimConfig(rows=60, seed=4, drop=False), ledger)
     parsed = map(parse_line, ledger.read_bytes().splitlines())
@@ -168,7 +168,13 @@ def test_flags_prints_the_newest_flags_across_batches_oldest_first(env, r, tmp_p
     for start in range(0, 60, 7):  # batches of 7: the last 10 flags span two of them
         batch = rows[start : start + 7]
         flags = [
-            {"id": row.id, "anomaly_score": 0.1, "is_anomaly": False, "reasons": []}
+            {
+                "id": row.id,
+                "anomaly_score": 0.1,
+                "is_anomaly": False,
+                "reasons": [],
+                "model_version": "20260301T120000.000000",  # as store.publish_model names them
+            }
             for row in batch
         ]
         store.apply_batch(r, batch, flags)

@@ -31,7 +31,7 @@ from layouts import (
     write_v4,
 )
 
-from thronos_analytics.core import contract, keys
+from thronos_analytics.core import contract, store
 from thronos_analytics.workers.export import SCHEMA_PATH
 
 from recount import assert_aggregates_match_ledger, redis_contents
@@ -331,7 +331,7 @@ def test_a_drain_of_each_layout_scores_profiles_and_recommends(case, env, r, tmp
     assert stats["interactions_seen"] == stats["interactions_scored"] == truth.rows, stats
     assert stats["interactions_rejected"] == 0 == summary["rejected_lines"], stats
     rows, events = read_all(truth)
-    assert {k.decode() for k in r.hkeys(keys.FLAGS)} == {row.id for row in rows}
+    assert set(store.flags_of(r, [(row.id, row.ts) for row in rows])) == {row.id for row in rows}
     if layout == "v4":
         # Score events are counted apart from interactions, and joined by interaction id.
         assert stats["score_events"] == truth.events

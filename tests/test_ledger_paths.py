@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from thronos_analytics.analytics.simulate import SimConfig, write
-from thronos_analytics.core import keys
+from thronos_analytics.core import store
 from thronos_analytics.core.messages import SCORING, TRAINING
 from thronos_analytics.core.settings import Settings
 
@@ -87,7 +87,8 @@ def test_drain_of_an_empty_or_missing_named_ledger_writes_nothing_into_it(env, r
     assert summary["lines"] == summary["valid_rows"] == 0
     assert [entry["ledger"] for entry in summary["ledgers"]] == [str(empty)]
     assert "DEMO" not in err
-    assert r.scard(keys.SEEN) == 0 and r.hlen(keys.FLAGS) == 0
+    counted = store.counts(r)
+    assert counted["interactions_seen"] == counted["interactions_scored"] == 0
 
     # Named through the environment, and not there at all: still no demo, no file made.
     missing = tmp_path / "missing.jsonl"
@@ -142,7 +143,7 @@ def test_backfill_refuses_a_missing_file_that_tail_would_wait_for(env, r, tmp_pa
     write(SimConfig(rows=20, seed=1, bad_rate=0.0), other)
     # One missing file among several: refused before any file is replayed.
     assert_refused(cli(env, "backfill", str(other), str(missing), timeout=60), str(missing))
-    assert not missing.exists() and r.scard(keys.SEEN) == 0
+    assert not missing.exists() and store.counts(r)["interactions_seen"] == 0
 
 
 # --- several ledgers ------------------------------------------------------------------
@@ -181,7 +182,11 @@ def test_drain_of_two_ledgers_by_flag_and_by_environment_scores_both(env, r, tmp
         assert {k: e["lines"] for k, e in per.items()} == lines
         assert summary["valid_rows"] == summary["distinct_ids"] == rows_a + rows_b
         assert summary["interactions_scored"] == rows_a + rows_b, how
-        assert r.hlen(keys.FLAGS) == rows_a + rows_b
+        assert store.counts(r)["interactions_scored"] == rows_a + rows_b
+        both = ledger_rows(a) + ledger_rows(b)
+        assert set(store.flags_of(r, [(row.id, row.ts) for row in both])) == {
+            row.id for row in both
+        }
         for ledger, path in rejected.items():
             entries = [orjson.loads(line) for line in path.read_bytes().splitlines()]
             assert {e["source"] for e in entries} == {Path(ledger).name}
@@ -203,6 +208,9 @@ def test_tail_follows_each_ledger_from_its_own_checkpoint(env, r, workers, tmp_p
         path = ledger.with_name(ledger.name + ".checkpoint")
         return orjson.loads(path.read_bytes()) if path.exists() else {}
 
+    def scored() -> int:
+        return store.counts(r)["interactions_scored"]
+
     def caught_up(*ledgers: Path) -> bool:
         return all(checkpoint(p).get("offset") == p.stat().st_size for p in ledgers)
 
@@ -212,12 +220,12 @@ def test_tail_follows_each_ledger_from_its_own_checkpoint(env, r, workers, tmp_p
         stderr=subprocess.PIPE,
     )
     try:
-        wait_for(lambda: r.hlen(keys.FLAGS) == rows_a + rows_b, timeout=120, what="a and b")
+        wait_for(lambda: scored() == rows_a + rows_b, timeout=120, what="a and b")
         wait_for(lambda: caught_up(a, b), what="both checkpoints at the end of their file")
         assert not later.exists() and not checkpoint(later)
         write(SimConfig(rows=300, seed=23, bad_rate=0.0), later)
         total = rows_a + rows_b + len(ledger_rows(later))
-        wait_for(lambda: r.hlen(keys.FLAGS) == total, timeout=120, what="the late ledger")
+        wait_for(lambda: scored() == total, timeout=120, what="the late ledger")
         wait_for(lambda: caught_up(a, b, later), what="its checkpoint")
     finally:
         _, err = stop(tail, sig=signal.SIGINT, timeout=30)
@@ -236,7 +244,8 @@ def test_backfill_replays_several_files_and_sums_them(env, r, workers, tmp_path)
     report = orjson.loads(done.stdout)
     assert [e["ledger"] for e in report["ledgers"]] == [str(a), str(b)]
     assert [e["rows"] for e in report["ledgers"]] == [rows_a, rows_b]
-    assert report["rows"] == rows_a + rows_b == r.scard(keys.SEEN)
+    assert report["rows"] == rows_a + rows_b == store.counts(r)["interactions_seen"]
+    assert store.unseen(r, ledger_rows(a) + ledger_rows(b)) == []
 
 
 # --- the demo -------------------------------------------------------------------------

@@ -4,11 +4,9 @@ through the scoring code the workers run."""
 
 from __future__ import annotations
 
-import orjson
-
 from thronos_analytics.analytics.anomaly import AnomalyDetector
 from thronos_analytics.analytics.simulate import SimConfig, simulate
-from thronos_analytics.core import keys, store
+from thronos_analytics.core import store
 from thronos_analytics.core.contract import Row, parse_line
 from thronos_analytics.workers import scoring
 
@@ -26,7 +24,9 @@ def test_unusual_providers_of_sessions_newer_than_the_model_are_found_live(r, en
 
     unusual = [row for row in live if truth["anomalies"].get(row.id) == "unusual_provider"]
     assert len(unusual) >= 5
-    flags = [orjson.loads(v) for v in r.hmget(keys.FLAGS, [row.id for row in unusual])]
+    held = store.flags_of(r, [(row.id, row.ts) for row in unusual])
+    assert set(held) == {row.id for row in unusual}
+    flags = list(held.values())
     found_live = sum(f["is_anomaly"] for f in flags)
     # The model alone knows none of these sessions: without their history it sees nothing.
     found_blind = sum(f["is_anomaly"] for f in detector.flag(unusual))

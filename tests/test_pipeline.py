@@ -10,7 +10,7 @@ import jsonschema
 import orjson
 
 from thronos_analytics.analytics.simulate import SimConfig, write
-from thronos_analytics.core import keys
+from thronos_analytics.core import store
 from thronos_analytics.core.messages import SCORING, TRAINING
 from thronos_analytics.workers.export import SCHEMA_PATH
 
@@ -43,16 +43,18 @@ def test_drain_scores_every_valid_row_exactly_once_and_exports(env, r, tmp_path)
     stats = document["stats"]
     assert stats["interactions_scored"] == stats["interactions_seen"] == len(rows)
     assert stats["interactions_rejected"] == len(truth["bad_lines"]) == summary["rejected_lines"]
-    assert {k.decode() for k in r.hkeys(keys.FLAGS)} == {row.id for row in rows}
-    assert r.llen(keys.PENDING) == 0
+    counted = store.counts(r)
+    assert counted["interactions_scored"] == counted["interactions_seen"] == len(rows)
+    flags = list(store.flags_of(r, [(row.id, row.ts) for row in rows]).values())
+    assert {f["id"] for f in flags} == {row.id for row in rows}
+    assert counted["pending"] == 0
     # Every flag carries the model it was scored with, and the export lists the anomalies.
-    flags = [orjson.loads(v) for v in r.hvals(keys.FLAGS)]
     assert {f["model_version"] for f in flags} == {document["models"]["anomaly"]["version"]}
     flagged = {f["id"] for f in flags if f["is_anomaly"]}
     assert stats["anomalies"] == len(flagged) == len(document["anomalies"]) > 0
     assert all(a["reasons"] for a in document["anomalies"])
     # Both scoring workers took part.
-    per_worker = {k.decode(): int(v) for k, v in r.hgetall(keys.WORKER_ROWS).items()}
+    per_worker = store.worker_rows(r)
     assert len(per_worker) == 2 and min(per_worker.values()) > 0, per_worker
     # Clustering aggregates equal a recount from the ledger.
     assert_aggregates_match_ledger(r, rows)
@@ -62,8 +64,10 @@ def test_drain_scores_every_valid_row_exactly_once_and_exports(env, r, tmp_path)
 
     # The same ledger drained again changes nothing: rows are keyed by id.
     drain(env, "--workers", "1")
-    assert r.hlen(keys.FLAGS) == len(rows)
-    assert r.hlen(keys.REJECTED) == len(truth["bad_lines"])
+    again = store.counts(r)
+    assert again["interactions_scored"] == again["interactions_seen"] == len(rows)
+    assert set(store.flags_of(r, [(row.id, row.ts) for row in rows])) == {row.id for row in rows}
+    assert again["interactions_rejected"] == len(truth["bad_lines"])
     assert_aggregates_match_ledger(r, rows)
 
 
@@ -90,19 +94,21 @@ def test_retrained_model_reaches_running_workers(env, r, workers, tmp_path):
     workers.wait_ready()
 
     send_batch(rows[:600])
-    wait_for(lambda: r.llen(keys.PENDING) == 600)  # no model yet: the rows wait
+    wait_for(lambda: store.counts(r)["pending"] == 600)  # no model yet: the rows wait
     first = retrain_anomaly.delay(force=True).get(timeout=120)
     assert first.get("drained") == 600, first
-    wait_for(lambda: r.hlen(keys.FLAGS) == 600)
-    versions = {orjson.loads(v)["model_version"] for v in r.hvals(keys.FLAGS)}
-    assert versions == {first["version"]}
+    wait_for(lambda: store.counts(r)["interactions_scored"] == 600)
+    earlier = store.flags_of(r, [(row.id, row.ts) for row in rows[:600]])
+    assert set(earlier) == {row.id for row in rows[:600]}
+    assert {flag["model_version"] for flag in earlier.values()} == {first["version"]}
 
     second = retrain_anomaly.delay(force=True).get(timeout=120)
     assert second["version"] > first["version"]
     send_batch(rows[600:])
-    wait_for(lambda: r.hlen(keys.FLAGS) == 1200)
-    later = [orjson.loads(v) for v in r.hmget(keys.FLAGS, [row.id for row in rows[600:]])]
-    assert {flag["model_version"] for flag in later} == {second["version"]}
+    wait_for(lambda: store.counts(r)["interactions_scored"] == 1200)
+    later = store.flags_of(r, [(row.id, row.ts) for row in rows[600:]])
+    assert set(later) == {row.id for row in rows[600:]}
+    assert {flag["model_version"] for flag in later.values()} == {second["version"]}
 
 
 def test_no_prompt_or_output_text_reaches_redis_flags_or_the_export(env, r):
@@ -124,5 +130,5 @@ def test_no_prompt_or_output_text_reaches_redis_flags_or_the_export(env, r):
     drain(env, "--workers", "1")
     assert secret.encode() not in Path(env["THRONOS_LEDGER"]).read_bytes()
     assert secret.encode() not in (Path(env["THRONOS_DATA_DIR"]) / "ai_analytics.json").read_bytes()
-    assert r.hlen(keys.FLAGS) == 1200
+    assert store.counts(r)["interactions_scored"] == 1200
     assert secret.encode() not in redis_contents(r)

@@ -11,8 +11,10 @@ import orjson
 import pytest
 
 from thronos_analytics.analytics.simulate import SimConfig, write
-from thronos_analytics.core import keys
+from thronos_analytics.core import store
 from thronos_analytics.core.messages import QUEUES, queues_for
+
+from recount import ledger_rows
 
 AMQP_URL = os.environ.get("THRONOS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
@@ -64,8 +66,11 @@ def test_drain_through_rabbitmq_with_state_in_redis(env, r, amqp_url):
     assert drained["interactions_scored"] == drained["distinct_ids"] == summary["valid"]
     assert drained["rejected_lines"] == summary["bad"]
     # The state is in the test Redis, not in the broker.
-    assert r.hlen(keys.FLAGS) == summary["valid"]
-    assert r.llen(keys.PENDING) == 0
+    counted = store.counts(r)
+    assert counted["interactions_seen"] == counted["interactions_scored"] == summary["valid"]
+    rows = ledger_rows(ledger)
+    assert set(store.flags_of(r, [(row.id, row.ts) for row in rows])) == {row.id for row in rows}
+    assert counted["pending"] == 0
     for queue in QUEUES:
         assert r.llen(queue.name) == 0  # Redis carried no messages
     document = orjson.loads((Path(env["THRONOS_DATA_DIR"]) / "ai_analytics.json").read_bytes())

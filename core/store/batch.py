@@ -394,7 +394,8 @@ class _ShardBatch:
         if flags is not None:
             an = [_anomaly(rows[i], flags[i], idents[i]) for i in fresh if flags[i]["is_anomaly"]]
             values: list[Any] = [pack_flag(flags[i]) for i in fresh + later]
-            streamed = b"[" + b",".join(orjson.dumps(flags[i]) for i in fresh) + b"]"
+            # In the batch's order, as the window: ``flags --last`` prints them so.
+            streamed = b"[" + b",".join(orjson.dumps(flags[i]) for i in sorted(fresh)) + b"]"
         else:
             values = [orjson.dumps(rows[i].to_wire()) for i in fresh + later]
             streamed = b""
