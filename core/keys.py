@@ -49,7 +49,11 @@ WARNINGS = CONTROL + "warnings"  # HASH warning key -> JSON, so each is reported
 INCIDENTS = CONTROL + "incidents"
 EXPORT = CONTROL + "export"  # HASH: last export's path, time and duration
 
-FLAG_STREAM_MAXLEN = 200  # entries (batches) per shard: a few MB in live use
+# The flag stream keeps about this many flags per shard, in whole batches, and never
+# fewer than FLAG_STREAM_MIN_BATCHES: a backfill's 5,000-row batches would otherwise keep
+# a million flags (~150 MB) in 200 entries.
+FLAG_STREAM_FLAGS = 20_000
+FLAG_STREAM_MIN_BATCHES = 20
 ANOMALIES_MAXLEN = 10_000  # per shard
 REJECTED_STREAM_MAXLEN = 10_000
 
@@ -120,6 +124,7 @@ UNDATED = "undated"  # the {day} of score events without a ts: never dropped
 LATE = "late:{bucket}"  # SET of id hashes of rows (and "e" + events) past the horizon
 CLOCK = "clock"  # STRING: the newest day seen (no later than tomorrow by the wall clock)
 DAYS = "days"  # SET of the days that hold state
+WAITING = "waiting"  # HASH day -> its rows without a flag yet: the day stays until 0
 STATS = "stats"  # HASH of counters: seen, scored, late, anomalies, orphans, ...
 ORPHAN_VERSION = "orphans:version"  # STRING: bumped by every orphan write
 ANOMALIES_BY_PROVIDER = "stats:anomalies_by_provider"  # HASH provider -> count

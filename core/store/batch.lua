@@ -1,6 +1,6 @@
 -- One shard's part of a batch, written whole or not at all (store.batch.apply_batch).
--- ARGV: 1 the shard's key prefix, 2 window_max, 3 flag stream max entries, 4 anomalies max,
--- 5 use_model ('1' scored, '0' no model when prepared, '2' park even though a model is
+-- ARGV: 1 the shard's key prefix, 2 window_max, 3 the flag stream's entries to keep,
+-- 4 anomalies max, 5 use_model ('1' scored, '0' no model when prepared, '2' park even though a model is
 -- published: it is unusable), 6 the batch's newest day, 7 retention days, 8 the cutoff day
 -- the caller assumed (rows on or before it are late), 9 buckets per day in a shard, 10 the
 -- orphan version the caller read its joins at, 11 the plan (JSON, see _plan), 12 the new
@@ -66,12 +66,13 @@ for _, l in ipairs(plan.late) do
 end
 if late > 0 then redis.call('HINCRBY', stats, 'late', late) end
 
--- Days that left the horizon go, with everything kept for them, once no row waits for a
--- model: a waiting row is still to be flagged in its day.
+-- Days that left the horizon go, with everything kept for them, once none of their rows
+-- waits for a flag (parked for a model, maybe still queued after PENDING was drained).
 local function evict()
-  if redis.call('LLEN', pending) > 0 then return end
   for _, d in ipairs(redis.call('SMEMBERS', days_key)) do
-    if tonumber(d) <= advanced - retention then
+    if tonumber(d) <= advanced - retention and
+        tonumber(redis.call('HGET', waiting, d) or 0) <= 0 then
+      redis.call('HDEL', waiting, d)
       for b = 0, buckets - 1 do
         local waiting = redis.call('HLEN', orphans(d, b))
         if waiting > 0 then
@@ -126,6 +127,7 @@ end
 if use_model ~= '1' then
   -- No usable model: all rows, old ones too, wait in PENDING for the next training to drain.
   write_new(nil)
+  for _, g in ipairs(plan.g) do redis.call('HINCRBY', waiting, g[1], g[3]) end
   local n = n_new + plan.no
   for i = 0, n - 1, CHUNK do
     redis.call('RPUSH', pending, unpack(ARGV, VALUES + i, VALUES + math.min(i + CHUNK, n) - 1))
@@ -156,6 +158,7 @@ local function flag_old(o)
   local key = ix(o[1], o[2])
   if redis.call('HGET', key, o[3]) == '' then
     redis.call('HSET', key, o[3], ARGV[o[4]])
+    redis.call('HINCRBY', waiting, o[1], -1)
     scored = scored + 1
     flagged[#flagged + 1] = o[5]
     if o[6] then count_anomaly(o[6]) end

@@ -91,6 +91,7 @@ _BATCH_LAYOUT = [
     ("clock_key", keys.CLOCK),
     ("days_key", keys.DAYS),
     ("orphan_version", keys.ORPHAN_VERSION),
+    ("waiting", keys.WAITING),
     ("scored_this_minute", "stats:scored:<minute>"),  # filled in per call
 ]
 _SCORES_LAYOUT = [
@@ -318,7 +319,7 @@ class _ShardBatch:
                 _BATCH_LAYOUT,
                 [
                     max(-(-config.window_rows // len(all_shards())), 1),
-                    keys.FLAG_STREAM_MAXLEN,
+                    max(keys.FLAG_STREAM_MIN_BATCHES, keys.FLAG_STREAM_FLAGS // len(self.members)),
                     keys.ANOMALIES_MAXLEN,
                     self.use_model,
                     newest,

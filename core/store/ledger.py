@@ -115,14 +115,15 @@ def worker_rows(r: Redis) -> dict[str, int]:
 
 
 def unflagged(r: Redis, rows: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
-    """The (id, ts) of ``rows`` that wait for a flag: not flagged, not late (a late row is
-    counted as such and gets none), and not past the horizon (its flag has left with it)."""
+    """The (id, ts) of ``rows`` that wait for a flag: held without one, or not held and
+    neither late (a late row is counted as such and gets none) nor past the horizon (its
+    flag has left with its day)."""
     idents = [ident(i, ts) for i, ts in rows]
     clocks = per_shard(r, lambda pipe, s: pipe.get(s.prefix + keys.CLOCK))
     horizon = settings().retention_days
     gone = [int(c) - horizon if c is not None else -1 for c in clocks]
     flagged = [
-        bool(hit and hit[1]) or at.day <= gone[at.shard]
+        bool(hit[1]) if hit is not None else at.day <= gone[at.shard]
         for at, hit in zip(idents, hash_values(r, keys.IX, idents), strict=True)
     ]
     done = _or_late(r, idents, flagged)
