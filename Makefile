@@ -31,8 +31,10 @@ lint: $(STAMP)
 	MYPYPATH=$(TYPED) $(BIN)/mypy
 	cd $(TYPED) && $(CURDIR)/$(BIN)/lint-imports $(CURDIR)/pyproject.toml
 
+# Two processes, one per core; each module's tests stay in one, so a module's fixtures (the
+# test Redis Cluster) start once. Each process has its own Redis and workers (tests/conftest.py).
 test: $(STAMP) lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.throughput
