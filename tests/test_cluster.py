@@ -15,7 +15,7 @@ import orjson
 import pytest
 from redis.exceptions import RedisError
 from test_retention import day_rows, ingest
-from test_score_events import apply_rows, events_for, standing, v4_rows
+from test_score_events import deliver_shuffled, events_for, standing, v4_rows
 from test_store import assert_state_matches, flags_for
 
 from thronos_analytics.analytics.simulate import SimConfig, write
@@ -52,12 +52,7 @@ def test_score_events_join_across_shards_in_any_order(cr):
     rng = random.Random(3)
     rows = v4_rows(300)
     events = events_for(rows, rng)
-    work = [("rows", rows[i : i + 40]) for i in range(0, len(rows), 40)]
-    work += [("events", events[i : i + 50]) for i in range(0, len(events), 50)]
-    work += rng.sample(work, len(work) // 3)
-    rng.shuffle(work)
-    for kind, batch in work:
-        apply_rows(cr, batch) if kind == "rows" else store.apply_scores(cr, batch)
+    deliver_shuffled(cr, rows, events, rng)
     assert_state_matches(cr, standing(rows, events))
     counts = store.counts(cr)
     assert counts["score_events"] == len(events)

@@ -87,21 +87,25 @@ def apply_rows(r, rows: list[Row]) -> None:
             continue
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_events_before_after_and_replayed_leave_the_state_of_one_join(r, env, seed):
-    rng = random.Random(seed)
-    rows = v4_rows(300)
-    events = events_for(rows, rng)
-    # Rows and events in batches, shuffled together, a third of them delivered twice.
-    work = [("rows", rows[i : i + 40]) for i in range(0, len(rows), 40)]
+def deliver_shuffled(r, rows: list[Row], events: list[ScoreEvent], rng: random.Random) -> None:
+    """Rows and events in batches, shuffled together, a third of them delivered twice."""
+    work: list[tuple[str, list]] = [("rows", rows[i : i + 40]) for i in range(0, len(rows), 40)]
     work += [("events", events[i : i + 50]) for i in range(0, len(events), 50)]
     work += rng.sample(work, len(work) // 3)
     rng.shuffle(work)
     for kind, batch in work:
         if kind == "rows":
-            apply_rows(r, batch)  # type: ignore[arg-type]
+            apply_rows(r, batch)
         else:
-            store.apply_scores(r, batch)  # type: ignore[arg-type]
+            store.apply_scores(r, batch)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_events_before_after_and_replayed_leave_the_state_of_one_join(r, env, seed):
+    rng = random.Random(seed)
+    rows = v4_rows(300)
+    events = events_for(rows, rng)
+    deliver_shuffled(r, rows, events, rng)
 
     assert_state_matches(r, standing(rows, events))
     # The window holds rows in the order they came; each is read with its newest event.
