@@ -246,11 +246,11 @@ def provider_context(
 
 # --- a batch of rows --------------------------------------------------------------------
 
-# The newest day a shard's clock may reach: tomorrow by the wall clock, so one row with
-# a clock error cannot make every other row late.
-_clocks: dict[str, int] = {}
+# Each shard's clock (its newest day) as last heard: a batch assumes it, and the script
+# corrects a wrong one. It never passes tomorrow by the wall clock (_ShardBatch.apply).
+_clocks: dict[str, int] = {}  # shard prefix -> day
 # ARGV before the new rows' id hashes: the prefix, 10 settings, the plan, window, flags.
-_FIXED_ARGS = 13  # shard prefix -> its clock as last heard; the script corrects
+_FIXED_ARGS = 13
 
 
 def apply_batch(
@@ -269,7 +269,8 @@ def apply_batch(
     Returns (rows new to the ledger state, flags newly published); -1 flags means a model
     appeared while the batch was being prepared, so the caller should score and retry,
     unless ``park_anyway`` (the published model is unusable). Rows older than the
-    retention horizon are counted as late (``counts()["late"]``), once, and nothing else.
+    retention horizon are counted as late (``counts()["interactions_late"]``), once, and
+    nothing else.
 
     Each shard's rows are sent as new (summed here, written with a few calls per shard)
     unless its state holds them; the script names any it does hold and this sends again
@@ -305,6 +306,7 @@ class _ShardBatch:
 
     def apply(self, r: Redis) -> tuple[int, int]:
         config = settings()
+        # One row with a clock error must not make every other row late.
         tomorrow = keys.day(time.time()) + 1
         newest = max(min(self.idents[i].day, tomorrow) for i in self.members)
         clock = _clocks.get(self.shard.prefix, newest)
