@@ -49,11 +49,10 @@ WARNINGS = CONTROL + "warnings"  # HASH warning key -> JSON, so each is reported
 INCIDENTS = CONTROL + "incidents"
 EXPORT = CONTROL + "export"  # HASH: last export's path, time and duration
 
-# The flag stream keeps about this many flags per shard, in whole batches, and never
-# fewer than FLAG_STREAM_MIN_BATCHES: a backfill's 5,000-row batches would otherwise keep
-# a million flags (~150 MB) in 200 entries.
+# The flag stream keeps about this many flags per shard, in whole batches (at least two):
+# a backfill's 5,000-row batches would otherwise keep a million flags (~150 MB) in 200.
 FLAG_STREAM_FLAGS = 20_000
-FLAG_STREAM_MIN_BATCHES = 20
+FLAG_STREAM_MIN_BATCHES = 2
 ANOMALIES_MAXLEN = 10_000  # per shard
 REJECTED_STREAM_MAXLEN = 10_000
 

@@ -20,7 +20,7 @@ from thronos_analytics.core.store.models import model_info
 from thronos_analytics.core.store.shards import per_shard
 
 # How many of the latest scored batches the "recent" anomaly rate is taken over.
-RATE_SAMPLE_BATCHES = keys.FLAG_STREAM_MIN_BATCHES
+RATE_SAMPLE_BATCHES = 20
 
 
 def read_status(
