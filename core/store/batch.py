@@ -26,7 +26,6 @@ from thronos_analytics.core.store.shards import (
     Shard,
     all_shards,
     by_shard,
-    days_held,
     hash_values,
     ident,
 )
@@ -196,26 +195,30 @@ def provider_context(
     }
     idents = [ident(row.id, row.ts) for row in rows]
     seen = [hit is not None for hit in hash_values(r, keys.IX, idents)]
-    days = days_held(r)
     counts: dict[str, dict[str, dict[str, float]]] = {
         scope: {who: dict.fromkeys(providers, 0.0) for who in whos[scope]} for scope, _ in scopes
     }
+    # A session's earlier calls are on its rows' days or the day before: only those are
+    # read, in every shard (a session's rows spread over them). Wallets are kept for good.
+    session_days: dict[int, set[str]] = defaultdict(set)
+    for row, at in zip(rows, idents, strict=True):
+        if row.session_id:
+            session_days[at.day].add(row.session_id)
+            session_days[at.day - 1].add(row.session_id)
+    wanted = [("wallet", keys.wallet_agg("mix"), whos["wallet"])]
+    wanted += [
+        ("session", keys.session_agg("mix", day), sorted(who)) for day, who in session_days.items()
+    ]
     reads: list[tuple[str, list[tuple[str, str]]]] = []
     pipe = r.pipeline(transaction=False)
-    for scope, _ in scopes:
-        pairs = [(who, p) for who in whos[scope] for p in providers]
+    for scope, key, who in wanted:
+        pairs = [(w, p) for w in who for p in providers]
         if not pairs:
             continue
-        fields = [f"{who}\t{p}" for who, p in pairs]
+        fields = [f"{w}\t{p}" for w, p in pairs]
         for shard in all_shards():
-            names = (
-                [shard.prefix + keys.wallet_agg("mix")]
-                if scope == "wallet"
-                else [shard.prefix + keys.session_agg("mix", d) for d in days[shard.index]]
-            )
-            for name in names:
-                pipe.hmget(name, fields)
-                reads.append((scope, pairs))
+            pipe.hmget(shard.prefix + key, fields)
+            reads.append((scope, pairs))
     for (scope, pairs), values in zip(reads, pipe.execute(), strict=True):
         held = counts[scope]
         for (who, p), value in zip(pairs, values, strict=True):
