@@ -91,7 +91,6 @@ _BATCH_LAYOUT = [
     ("days_key", keys.DAYS),
     ("orphan_version", keys.ORPHAN_VERSION),
     ("waiting", keys.WAITING),
-    ("scored_this_minute", "stats:scored:<minute>"),  # filled in per call
 ]
 _SCORES_LAYOUT = [
     ("stats", keys.STATS),
@@ -111,7 +110,7 @@ _SESSIONS_LAYOUT = [
 def _scripts() -> dict[str, str]:
     read = lambda name: (_HERE / f"{name}.lua").read_text()  # noqa: E731
     return {
-        "batch": _with_keys(read("batch"), "_BATCH_LAYOUT", _BATCH_LAYOUT),
+        "batch": _with_keys(read("batch"), "_BATCH_LAYOUT", _batch_layout()),
         "scores": _with_keys(read("scores"), "_SCORES_LAYOUT", _SCORES_LAYOUT),
         "sessions": _with_keys(read("sessions"), "_SESSIONS_LAYOUT", _SESSIONS_LAYOUT),
     }
@@ -122,9 +121,12 @@ def _run(
 ) -> Any:
     # register_script caches the SHA and falls back to EVAL after a Redis restart.
     names = [shard.prefix + key for _, key in layout]
-    if name == "batch":
-        names[-1] = shard.prefix + keys.scored_in_minute(int(time.time() // 60))
     return r.register_script(_scripts()[name])(keys=names, args=[shard.prefix, *args])
+
+
+def _batch_layout() -> list[tuple[str, str]]:
+    """_BATCH_LAYOUT with this minute's counter of scored rows, last."""
+    return [*_BATCH_LAYOUT, ("scored_this_minute", keys.scored_in_minute(int(time.time() // 60)))]
 
 
 # --- score events joined to rows --------------------------------------------------------
@@ -155,9 +157,9 @@ def read_joins(r: Redis, rows: Sequence[Row]) -> Joins:
     waiting = {s.index for s in shards if int(replies[2 * s.index + 1] or 0) > 0}
     if not rows or not waiting:
         return joins
-    open_rows = [row for row in rows if ident(row.id, None).shard in waiting]
-    found = hash_values(r, keys.ORPHANS, [ident(row.id, None) for row in open_rows])
-    for row, hit in zip(open_rows, found, strict=True):
+    where = [(row, at) for row in rows if (at := ident(row.id, None)).shard in waiting]
+    found = hash_values(r, keys.ORPHANS, [at for _, at in where])
+    for (row, _), hit in zip(where, found, strict=True):
         if hit is not None:
             joins.days[row.id], joins.events[row.id] = hit
     return joins
@@ -207,12 +209,13 @@ def provider_context(
             session_days[at.day - 1].add(row.session_id)
     wanted = [("wallet", keys.wallet_agg("mix"), whos["wallet"])]
     wanted += [
-        ("session", keys.session_agg("mix", day), sorted(who)) for day, who in session_days.items()
+        ("session", keys.session_agg("mix", day), sorted(sessions))
+        for day, sessions in session_days.items()
     ]
     reads: list[tuple[str, list[tuple[str, str]]]] = []
     pipe = r.pipeline(transaction=False)
-    for scope, key, who in wanted:
-        pairs = [(w, p) for w in who for p in providers]
+    for scope, key, members in wanted:
+        pairs = [(w, p) for w in members for p in providers]
         if not pairs:
             continue
         fields = [f"{w}\t{p}" for w, p in pairs]
@@ -321,7 +324,7 @@ class _ShardBatch:
                 r,
                 "batch",
                 self.shard,
-                _BATCH_LAYOUT,
+                _batch_layout(),
                 [
                     max(-(-config.window_rows // len(all_shards())), 1),
                     max(keys.FLAG_STREAM_MIN_BATCHES, keys.FLAG_STREAM_FLAGS // len(self.members)),
@@ -508,14 +511,14 @@ def _totals(rows: Sequence[Row], days: Sequence[int]) -> dict[str, Any]:
 def _count_sessions(r: Redis, rows: Sequence[Row]) -> None:
     """Count each (wallet, session) once, in the shard of the session's id: a session's
     rows spread over shards, so no batch script can tell whether it is new. Idempotent."""
-    pairs: dict[str, dict[tuple[str, str], int]] = {}
-    for row in rows:
-        if row.session_id and row.wallet:
-            pairs.setdefault(row.session_id, {})[(row.wallet, row.session_id)] = keys.day(row.ts)
+    pairs = {
+        (row.wallet, row.session_id): keys.day(row.ts)
+        for row in rows
+        if row.session_id and row.wallet
+    }
     shards = all_shards()
-    grouped = by_shard(pairs.items(), lambda item: ident(item[0], None).shard)
-    for shard, items in grouped.items():
-        flat = [[w, s, d] for _, held in items for (w, s), d in held.items()]
+    for shard, items in by_shard(pairs.items(), lambda p: ident(p[0][1], None).shard).items():
+        flat = [[wallet, session, day] for (wallet, session), day in items]
         _run(
             r,
             "sessions",
