@@ -7,7 +7,7 @@
 -- rows' window entry (JSON array of wire rows), 13 their flags (JSON array), then the new
 -- rows' id hashes, in the plan's groups, then per-row values: the flag records of the new,
 -- old and late rows when scoring, or their wire rows when parking.
-local prefix, window_max, flags_max, anomalies_max = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local window_max, flags_max, anomalies_max = tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local use_model, newest, retention = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 local assumed, buckets = tonumber(ARGV[8]), tonumber(ARGV[9])
 local plan = cjson.decode(ARGV[11])

@@ -73,7 +73,7 @@ def _with_keys(script: str, name: str, layout: Sequence[tuple[str, str]]) -> str
     "-- KEYS, as <name> names them", and the key templates' functions after that."""
     marker = script.index("\n", script.index(f"-- KEYS, as {name} names them")) + 1
     named = "".join(f"local {n} = KEYS[{i}]\n" for i, (n, _) in enumerate(layout, 1))
-    named += "local prefix = ARGV[1]\n" if "local prefix" not in script else ""
+    named += "local prefix = ARGV[1]\n"  # every script's first argument
     return script[:marker] + named + _lua_key_functions() + script[marker:]
 
 

@@ -21,9 +21,11 @@ from thronos_analytics.core.store.shards import (
     Ident,
     all_shards,
     days_held,
+    entry_order,
     hash_values,
     ident,
     per_shard,
+    summed,
 )
 
 # Upper bounds, in seconds, of the ledger-write-to-flag lag histogram.
@@ -81,18 +83,13 @@ def was_seen(r: Redis, interaction_id: str) -> bool:
 
 def flag_of(r: Redis, interaction_id: str) -> bytes | None:
     """The interaction's flag as JSON, or None while it has none."""
-    at = ident(interaction_id, None)
-    hit = hash_values(r, keys.IX, [at])[0]
-    if hit is None or not hit[1]:
-        return None
-    day, record = hit
-    reasons = r.hget(all_shards()[at.shard].key(keys.REASONS, day=day), at.field)
-    flag = unpack_flag(interaction_id, record, orjson.loads(reasons) if reasons else None)
-    return orjson.dumps(flag)
+    flag = flags_of(r, [(interaction_id, None)]).get(interaction_id)
+    return None if flag is None else orjson.dumps(flag)
 
 
-def flags_of(r: Redis, rows: Sequence[tuple[str, float]]) -> dict[str, dict[str, Any]]:
-    """The flags of those of ``rows`` (id, ts) that have one, by id, with their reasons."""
+def flags_of(r: Redis, rows: Sequence[tuple[str, float | None]]) -> dict[str, dict[str, Any]]:
+    """The flags of those of ``rows`` (id, ts) that have one, by id, with their reasons; a
+    ts of None is looked for in every day held."""
     idents = [ident(i, ts) for i, ts in rows]
     hits = hash_values(r, keys.IX, idents)
     flagged = [
@@ -139,7 +136,7 @@ def latest_flags(r: Redis, last: int) -> tuple[list[dict[str, Any]], bytes]:
     # Each entry holds a batch of flags: read back until ``last`` flags are in hand.
     entries = per_shard(r, lambda pipe, s: pipe.xrevrange(s.prefix + keys.FLAG_STREAM, count=last))
     batches = sorted(
-        ((_entry_order(entry_id), fields) for held in entries for entry_id, fields in held),
+        ((entry_order(entry_id), fields) for held in entries for entry_id, fields in held),
         key=lambda e: e[0],
     )
     recent: list[dict[str, Any]] = []
@@ -149,11 +146,6 @@ def latest_flags(r: Redis, last: int) -> tuple[list[dict[str, Any]], bytes]:
             break
     cursor = _cursor([held[0][0] if held else b"0-0" for held in entries])
     return (recent[-last:] if last else []), cursor
-
-
-def _entry_order(entry_id: bytes) -> tuple[int, int]:
-    ms, seq = entry_id.split(b"-")
-    return int(ms), int(seq)
 
 
 def flags_after(
@@ -180,7 +172,7 @@ def flags_after(
     for n, reply in enumerate(replies):
         for _, batch in reply or []:
             for entry_id, fields in batch:
-                flags.append((_entry_order(entry_id), orjson.loads(fields[b"f"])))
+                flags.append((entry_order(entry_id), orjson.loads(fields[b"f"])))
                 ids[n] = entry_id
     flags.sort(key=lambda f: f[0])
     return [flag for _, batch in flags for flag in batch], _cursor(ids)
@@ -234,13 +226,8 @@ def state_id(r: Redis) -> str:
 
 def _stats(r: Redis) -> tuple[Counter[str], int]:
     """The shards' counters added up, and the rows waiting in their PENDING lists."""
-    replies = per_shard(
-        r, lambda pipe, s: pipe.hgetall(s.prefix + keys.STATS).llen(s.prefix + keys.PENDING)
-    )
-    total: Counter[str] = Counter()
-    for held in replies[::2]:
-        total.update({k.decode(): int(float(v)) for k, v in held.items()})
-    return total, sum(replies[1::2])
+    pending = per_shard(r, lambda pipe, s: pipe.llen(s.prefix + keys.PENDING))
+    return summed(r, keys.STATS), sum(pending)
 
 
 def seen_any(r: Redis) -> bool:
@@ -270,10 +257,7 @@ def counts(r: Redis) -> dict[str, int]:
 
 def dropped_fields(r: Redis) -> dict[str, int]:
     """Per ledger source (e.g. ``meta.rating``): rows in which it could not be read."""
-    total: Counter[str] = Counter()
-    for held in per_shard(r, lambda pipe, s: pipe.hgetall(s.prefix + keys.DROPPED_FIELDS)):
-        total.update({k.decode(): int(v) for k, v in held.items()})
-    return dict(total)
+    return dict(summed(r, keys.DROPPED_FIELDS))
 
 
 def drain_pending(r: Redis, send: Callable[[list[Any]], None], chunk: int = 5000) -> int:
@@ -295,7 +279,9 @@ def drain_pending(r: Redis, send: Callable[[list[Any]], None], chunk: int = 5000
 def anomalies(r: Redis) -> list[dict[str, Any]]:
     """The flagged rows kept for the export (capped streams), oldest first."""
     held = per_shard(r, lambda pipe, s: pipe.xrange(s.prefix + keys.ANOMALIES))
-    entries = sorted((_entry_order(i), f) for stream in held for i, f in stream)
+    entries = sorted(
+        ((entry_order(i), f) for stream in held for i, f in stream), key=lambda e: e[0]
+    )
     return [orjson.loads(fields[b"a"]) for _, fields in entries[-keys.ANOMALIES_MAXLEN :]]
 
 

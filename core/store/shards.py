@@ -6,7 +6,7 @@ bucket; one that knows only an id looks in every day the shard still holds.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -101,3 +101,17 @@ def per_shard(r: Redis, read: Callable[[Any, Shard], None]) -> list[Any]:
     for shard in all_shards():
         read(pipe, shard)
     return pipe.execute()
+
+
+def summed(r: Redis, key: str) -> Counter[str]:
+    """Shard hash ``key``'s integer fields, added up over the shards."""
+    total: Counter[str] = Counter()
+    for held in per_shard(r, lambda pipe, s: pipe.hgetall(s.prefix + key)):
+        total.update({k.decode(): int(float(v)) for k, v in held.items()})
+    return total
+
+
+def entry_order(entry_id: bytes) -> tuple[int, int]:
+    """A stream entry's id as numbers: the shards' streams merge by it, in time order."""
+    ms, seq = entry_id.split(b"-")
+    return int(ms), int(seq)

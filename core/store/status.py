@@ -17,7 +17,7 @@ from thronos_analytics.core.settings import Settings
 from thronos_analytics.core.store.connection import Redis
 from thronos_analytics.core.store.ledger import LAG_BUCKETS, counts, dropped_fields
 from thronos_analytics.core.store.models import model_info
-from thronos_analytics.core.store.shards import per_shard
+from thronos_analytics.core.store.shards import entry_order, per_shard, summed
 
 # How many of the latest scored batches the "recent" anomaly rate is taken over.
 RATE_SAMPLE_BATCHES = 20
@@ -39,9 +39,7 @@ def read_status(
     report["lag"] = _lag_summary(raw_lag)
     report["lag_histogram"] = raw_lag
     scored = report["interactions_scored"]
-    by_provider: Counter[str] = Counter()
-    for held in per_shard(r, lambda pipe, s: pipe.hgetall(s.prefix + keys.ANOMALIES_BY_PROVIDER)):
-        by_provider.update({k.decode(): int(v) for k, v in held.items()})
+    by_provider = summed(r, keys.ANOMALIES_BY_PROVIDER)
     report["anomaly_rate"] = {
         "overall": round(report["anomalies"] / scored, 5) if scored else None,
         "recent": report["throughput"].pop("recent_anomaly_rate"),
@@ -101,7 +99,7 @@ def _throughput(r: Redis, now: float) -> dict[str, Any]:
     share = 1.0 - (now % 60) / 60
     latest = sorted(
         (e for held in replies[2::3] for e in held),
-        key=lambda e: tuple(map(int, e[0].split(b"-"))),
+        key=lambda e: entry_order(e[0]),
         reverse=True,
     )
     latest = latest[:RATE_SAMPLE_BATCHES]
