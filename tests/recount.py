@@ -51,7 +51,8 @@ def assert_published_once(r, rows: list[Row]) -> None:
     """Each row's flag was published once: every one has a flag, the script counted each
     when it was new, and the flag stream (capped: its newest batches) holds no id twice."""
     ids = {row.id: row.ts for row in rows}
-    assert store.counts(r)["interactions_scored"] == len(ids)
+    counts = store.counts(r)
+    assert counts["interactions_scored"] == len(ids), counts
     assert store.flags_of(r, list(ids.items())).keys() == ids.keys()
     streamed = [flag["id"] for flag in store.latest_flags(r, 10 * len(ids) + 10)[0]]
     assert len(streamed) == len(set(streamed))

@@ -260,7 +260,7 @@ def dropped_fields(r: Redis) -> dict[str, int]:
     return dict(summed(r, keys.DROPPED_FIELDS))
 
 
-def drain_pending(r: Redis, send: Callable[[list[Any]], None], chunk: int = 5000) -> int:
+def drain_pending(r: Redis, send: Callable[[list[Any]], None], chunk: int = 500) -> int:
     """Send the rows that waited for the first model, oldest first; how many there were.
 
     A chunk is sent before it is trimmed: a crash in between sends it twice, which
