@@ -180,25 +180,48 @@ def test_redis_down_30s_while_recording(env, r, workers, redis_server, tmp_path)
 
 def test_producer_killed_mid_batch_resumes_from_its_checkpoint(env, r, workers, tmp_path):
     ledger = Path(env["THRONOS_LEDGER"])
-    write(SimConfig(rows=30_000, seed=13), ledger)
-    rows = ledger_rows(ledger)
+    source = tmp_path / "source.jsonl"
+    write(SimConfig(rows=30_000, seed=13), source)
+    rows = ledger_rows(source)
+    lines = source.read_bytes().splitlines(keepends=True)
     workers.start("scoring1", SCORING, extra_env=WORKER_ENV)
     workers.start("training", TRAINING, extra_env=WORKER_ENV)
     workers.wait_ready()
     train_first_model(rows[:1000], r)
 
+    # The ledger grows while the producer follows it, so the kill lands mid-stream however
+    # fast the machine is; the last third is appended only after the kill.
+    killed = threading.Event()
+
+    def grow(upto: int) -> None:
+        with ledger.open("ab") as out:
+            for start in range(0, upto, 100):
+                out.write(b"".join(lines[start : start + 100]))
+                out.flush()
+                if not killed.is_set():
+                    time.sleep(0.03)
+
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    ledger.touch()
+    writer = threading.Thread(target=grow, args=(20_000,))
+    writer.start()
     command = [sys.executable, "-m", "thronos_analytics.cli", "tail"]
     checkpoint = ledger.with_name(ledger.name + ".checkpoint")
     producer = subprocess.Popen(command, env={**env, "THRONOS_BATCH_SIZE": "200"})
     try:
-        wait_for(lambda: checkpoint.exists() and seen(r) > 8000, what="progress")
+        wait_for(lambda: checkpoint.exists() and seen(r) > 4000, what="progress")
         producer.kill()  # SIGKILL: no chance to save anything
         producer.wait()
+        killed.set()
         killed_at = orjson.loads(checkpoint.read_bytes())["offset"]
+        writer.join()
+        with ledger.open("ab") as out:
+            out.write(b"".join(lines[20_000:]))
         assert 0 < killed_at < ledger.stat().st_size
         producer = subprocess.Popen(command, env={**env, "THRONOS_BATCH_SIZE": "200"})
         wait_for(lambda: scored(r) == len(rows), timeout=180, what="every row scored")
     finally:
+        killed.set()
         stop(producer, sig=signal.SIGKILL)
     assert orjson.loads(checkpoint.read_bytes())["offset"] == ledger.stat().st_size
     assert_scored_exactly_once(r, rows)
