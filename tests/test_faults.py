@@ -170,7 +170,9 @@ def test_redis_down_30s_while_recording(env, r, workers, redis_server, tmp_path)
         time.sleep(0.02)  # paces the records over the whole outage, as an app's calls come
     redis_server.start()
 
-    assert slowest < 1.0, f"a record_interaction call took {slowest:.2f}s during the outage"
+    # A call that waited for Redis would wait out the outage (or raise). The bound is loose
+    # because each call fsyncs the ledger, which a loaded disk can hold for seconds.
+    assert slowest < 10.0, f"a record_interaction call took {slowest:.2f}s during the outage"
     assert len((tmp_path / "ai_ledger.jsonl").read_bytes().splitlines()) == 1200 + len(during)
     assert recorder.outbox.flush(120)
     rows = before + during
