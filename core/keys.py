@@ -31,8 +31,6 @@ from functools import cache
 
 from redis.crc import key_slot
 
-from thronos_analytics.core import aggregates
-
 P = "thronos:"
 CONTROL = P + "{c}:"
 
@@ -55,6 +53,10 @@ FLAG_STREAM_FLAGS = 20_000
 FLAG_STREAM_MIN_BATCHES = 2
 ANOMALIES_MAXLEN = 10_000  # per shard
 REJECTED_STREAM_MAXLEN = 10_000
+
+# Bumped when what a key holds changes shape: a process refuses a state of another layout.
+# 2: one aggregate record per session (and day) and wallet, not one hash per measure.
+LAYOUT_VERSION = 2
 
 # --- shards ---------------------------------------------------------------------------
 CLUSTER_SHARDS = 16
@@ -98,6 +100,15 @@ def ident(interaction_id: str, n: int) -> tuple[int, int, str]:
     return h % n, (h // n) % per_shard, str(signed)
 
 
+def wallet_ref(wallet: str) -> int:
+    """A wallet as a session's aggregate record names it: a 52-bit hash, which Lua's numbers
+    hold exactly and a record stores in 9 bytes (a 43-character wallet would take its
+    bucket out of Redis's compact encoding). Readers map it back through the wallets'
+    records; two of a million wallets share one with probability about 10⁻⁴."""
+    digest = hashlib.blake2b(wallet.encode(), digest_size=8, person=b"wallet").digest()
+    return int.from_bytes(digest, "little") >> 12
+
+
 def day(ts: float) -> int:
     """The UTC day of a ledger timestamp: days since the epoch."""
     return int(ts // 86400)
@@ -114,11 +125,11 @@ JOIN = "join:{day}:{bucket}"
 ORPHANS = "orphans:{day}:{bucket}"
 EVENTS = "events:{day}:{bucket}"  # SET of score event id hashes applied; {day}: the event's
 REASONS = "reasons:{day}"  # HASH id hash -> JSON reasons, for anomalies only
-SESSION_SEEN = "agg:session_seen:{day}"  # HASH "wallet\tsession" -> 1: sessions counted
-SESSION_AGG = "agg:session:{measure}:{day}"  # HASH, see below
-SESSION_WALLET = "agg:session:wallet:{day}"  # HASH session -> wallet
-DAY_KEYS = (IX, JOIN, ORPHANS, EVENTS)  # per day and bucket; dropped with their day
-DAY_WIDE_KEYS = (REASONS, SESSION_SEEN, SESSION_WALLET)  # per day
+# HASH session id -> its aggregate record (store.records), in the session id's bucket
+SESSION_AGG = "agg:session:{day}:{bucket}"
+# HASH hash of "wallet\tsession" -> 1: the sessions counted in WALLET_SESSIONS, in the
+# pair's shard and bucket
+SESSION_SEEN = "agg:session_seen:{day}:{bucket}"
 UNDATED = "undated"  # the {day} of score events without a ts: never dropped
 LATE = "late:{bucket}"  # SET of id hashes of rows (and "e" + events) past the horizon
 CLOCK = "clock"  # STRING: the newest day seen (no later than tomorrow by the wall clock)
@@ -133,30 +144,15 @@ FLAG_STREAM = "flags:batches"  # STREAM, one entry per scored batch: n and f (JS
 ANOMALIES = "anomalies"  # STREAM of flagged rows with context, capped, for the export
 PENDING = "pending"  # LIST of wire rows waiting for the first anomaly model
 ANOMALY_MODEL = "model:anomaly"  # STRING: set once an anomaly model is published
+# Each shard holds the part of a session's or wallet's aggregates its rows make, and
+# readers add the shards up. A session's record leaves with its day; its wallet's stays.
+WALLET_AGG = "agg:wallet"  # HASH wallet -> its aggregate record (store.records)
 WALLET_SESSIONS = "agg:wallet:sessions"  # HASH wallet -> sessions counted in this shard
 
 
 def scored_in_minute(minute: int) -> str:
     """STRING, per shard: rows scored in that minute since the epoch; expires."""
     return f"stats:scored:{minute}"
-
-
-# Per-session and per-wallet aggregates: one hash per measure (core/aggregates.py), keyed
-# by session id or wallet; pair measures are keyed "<id>\t<provider or use case>".
-# Sessions are kept per day, and dropped with it: the wallet's hashes go on counting them.
-# Each shard holds the part of the sums its rows make; readers add the shards up.
-AGG_MEASURES = aggregates.NAMES
-PAIR_MEASURES = aggregates.PAIRS
-
-
-def wallet_agg(measure: str) -> str:
-    assert measure in AGG_MEASURES, measure
-    return f"agg:wallet:{measure}"
-
-
-def session_agg(measure: str, day: int) -> str:
-    assert measure in AGG_MEASURES, measure
-    return SESSION_AGG.format(measure=measure, day=day)
 
 
 # --- control keys with a name ---------------------------------------------------------

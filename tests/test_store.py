@@ -70,7 +70,8 @@ def assert_state_matches(r, rows: list[Row]) -> None:
         assert actual.keys() == expected.keys(), (scope, measure)
         for field, value in expected.items():
             assert actual[field] == pytest.approx(value, rel=1e-12, abs=1e-9), (measure, field)
-    wallets = {row.session_id: row.wallet or "" for row in rows if row.session_id}
+    # Each session's wallet is its last row's that names one.
+    wallets = {row.session_id: row.wallet for row in rows if row.session_id and row.wallet}
     assert held["session"]["wallet"] == wallets
 
 

@@ -106,11 +106,10 @@ end
 if n_new > 0 then
   for _, d in ipairs(plan.days) do redis.call('SADD', days_key, d) end
   redis.call('HINCRBY', stats, 'seen', n_new)
-  -- The batch's aggregates, summed by the caller: one call per session or wallet and measure.
-  local agg = plan.k
-  for _, t in ipairs(plan.i) do redis.call('HINCRBY', prefix .. agg[t[1]], t[2], t[3]) end
-  for _, t in ipairs(plan.f) do redis.call('HINCRBYFLOAT', prefix .. agg[t[1]], t[2], t[3]) end
-  for _, t in ipairs(plan.sw) do redis.call('HSET', session_wallet(t[1]), t[2], t[3]) end
+  -- The batch's aggregates, summed by the caller: one record per session and day, and
+  -- per wallet.
+  for _, t in ipairs(plan.a) do add_aggregate(session_agg(t[1], t[2]), t[3], t[4]) end
+  for _, t in ipairs(plan.w) do add_aggregate(wallet_agg, t[1], t[2]) end
   for _, t in ipairs(plan.d) do redis.call('HINCRBY', dropped, t[1], t[2]) end
   for _, t in ipairs(plan.jr) do redis.call('HSET', join(t[1], t[2]), t[3], t[4]) end
   for _, t in ipairs(plan.oh) do redis.call('HDEL', orphans(t[1], t[2]), t[3]) end

@@ -20,7 +20,7 @@ from redis import Redis
 from thronos_analytics.core import aggregates, keys
 from thronos_analytics.core.contract import Row, ScoreEvent
 from thronos_analytics.core.settings import settings
-from thronos_analytics.core.store.records import pack_flag
+from thronos_analytics.core.store.records import pack_flag, unpack_aggregate
 from thronos_analytics.core.store.shards import (
     Ident,
     Shard,
@@ -41,10 +41,9 @@ _TEMPLATES = {
     "orphans": keys.ORPHANS,
     "events": keys.EVENTS,
     "reasons": keys.REASONS,
-    "session_wallet": keys.SESSION_WALLET,
+    "session_agg": keys.SESSION_AGG,
     "session_seen": keys.SESSION_SEEN,
     "late_set": keys.LATE,
-    **{f"session_{m}": keys.SESSION_AGG.replace("{measure}", m) for m in keys.AGG_MEASURES},
 }
 _PART = re.compile(r"\{(\w+)\}")
 
@@ -68,13 +67,22 @@ def _lua_key_functions() -> str:
     return out
 
 
+def _lua_measures() -> str:
+    """core/aggregates.py's measures for aggregates.lua, and its ``add_aggregate``."""
+    positions = ", ".join(f"{m.name} = {i}" for i, m in enumerate(aggregates.MEASURES, 1))
+    per = ", ".join("true" if m.per is not None else "false" for m in aggregates.MEASURES)
+    out = f"local MEASURE = {{{positions}}}\nlocal PER = {{{per}}}\n"
+    out += f"local N_MEASURES = {len(aggregates.MEASURES)}\n"
+    return out + (_HERE / "aggregates.lua").read_text()
+
+
 def _with_keys(script: str, name: str, layout: Sequence[tuple[str, str]]) -> str:
     """``script`` with ``local <name> = KEYS[<i>]`` for each key of ``layout`` after its line
-    "-- KEYS, as <name> names them", and the key templates' functions after that."""
+    "-- KEYS, as <name> names them", then the key templates' functions and aggregates.lua."""
     marker = script.index("\n", script.index(f"-- KEYS, as {name} names them")) + 1
     named = "".join(f"local {n} = KEYS[{i}]\n" for i, (n, _) in enumerate(layout, 1))
     named += "local prefix = ARGV[1]\n"  # every script's first argument
-    return script[:marker] + named + _lua_key_functions() + script[marker:]
+    return script[:marker] + named + _lua_key_functions() + _lua_measures() + script[marker:]
 
 
 # The shard keys each script declares (all in the shard's slot), with their Lua names.
@@ -91,13 +99,14 @@ _BATCH_LAYOUT = [
     ("days_key", keys.DAYS),
     ("orphan_version", keys.ORPHAN_VERSION),
     ("waiting", keys.WAITING),
+    ("wallet_agg", keys.WALLET_AGG),
 ]
 _SCORES_LAYOUT = [
     ("stats", keys.STATS),
     ("clock_key", keys.CLOCK),
     ("days_key", keys.DAYS),
     ("orphan_version", keys.ORPHAN_VERSION),
-    *((f"wallet_{m}", keys.wallet_agg(m)) for m in ("score_sum", "score_n", "uc")),
+    ("wallet_agg", keys.WALLET_AGG),
 ]
 _SESSIONS_LAYOUT = [
     ("clock_key", keys.CLOCK),
@@ -184,6 +193,8 @@ def scores_value(event: ScoreEvent) -> bytes:
 
 # --- live context for scoring -----------------------------------------------------------
 
+_MIX = aggregates.NAMES.index("mix")  # calls per provider
+
 
 def provider_context(
     r: Redis, rows: Sequence[Row], providers: Sequence[str]
@@ -202,31 +213,32 @@ def provider_context(
     }
     # A session's earlier calls are on its rows' days or the day before: only those are
     # read, in every shard (a session's rows spread over them). Wallets are kept for good.
-    session_days: dict[int, set[str]] = defaultdict(set)
+    session_days: dict[tuple[int, int], set[str]] = defaultdict(set)
     for row, at in zip(rows, idents, strict=True):
         if row.session_id:
-            session_days[at.day].add(row.session_id)
-            session_days[at.day - 1].add(row.session_id)
-    wanted = [("wallet", keys.wallet_agg("mix"), whos["wallet"])]
+            bucket = ident(row.session_id, None).bucket
+            session_days[(at.day, bucket)].add(row.session_id)
+            session_days[(at.day - 1, bucket)].add(row.session_id)
+    wanted = [("wallet", keys.WALLET_AGG, whos["wallet"])]
     wanted += [
-        ("session", keys.session_agg("mix", day), sorted(sessions))
-        for day, sessions in session_days.items()
+        ("session", keys.SESSION_AGG.format(day=day, bucket=bucket), sorted(sessions))
+        for (day, bucket), sessions in session_days.items()
     ]
-    reads: list[tuple[str, list[tuple[str, str]]]] = []
+    reads: list[tuple[str, list[str]]] = []
     pipe = r.pipeline(transaction=False)
     for scope, key, members in wanted:
-        pairs = [(w, p) for w in members for p in providers]
-        if not pairs:
+        if not members:
             continue
-        fields = [f"{w}\t{p}" for w, p in pairs]
         for shard in all_shards():
-            pipe.hmget(shard.prefix + key, fields)
-            reads.append((scope, pairs))
-    for (scope, pairs), values in zip(reads, pipe.execute(), strict=True):
+            pipe.hmget(shard.prefix + key, members)
+            reads.append((scope, members))
+    for (scope, members), records in zip(reads, pipe.execute(), strict=True):
         held = counts[scope]
-        for (who, p), value in zip(pairs, values, strict=True):
-            if value is not None:
-                held[who][p] += float(value)
+        for who, record in zip(members, records, strict=True):
+            if record is not None:
+                mix = unpack_aggregate(record)[0][_MIX]
+                for p in providers:
+                    held[who][p] += mix.get(p, 0)
     new_ids: set[str] = set()
     for row, was_seen in zip(rows, seen, strict=True):
         if was_seen or row.id in new_ids:
@@ -381,7 +393,9 @@ class _ShardBatch:
             if row.id in events:
                 oh.append([self.joins.days[row.id], at.bucket, at.field])
             if row.score is None or row.use_case is None or row.id in events:
+                session_bucket = ident(row.session_id, None).bucket if row.session_id else 0
                 record = [row.session_id, row.wallet, row.score, row.use_case, *event]
+                record.append(session_bucket)  # where scores.lua finds its aggregates
                 jr.append([at.day, at.bucket, at.field, orjson.dumps(record).decode()])
         plan.update(jr=jr, oh=oh, j=len(oh))
         # Old rows (seen before) and late ones (which their leaving day may still hold)
@@ -441,10 +455,11 @@ def _anomaly(row: Row, flag: dict[str, Any], at: Ident) -> list[Any]:
 
 
 def _compile_adder() -> Any:
-    """``add(row, session_keys, wallet_keys, counts, sums)``: what ``row`` adds to each
-    measure of core/aggregates.py (``Measure.amount``), for its session and its wallet,
-    written out per measure at import. The generic loop cost half of a batch's Python."""
-    body = ["def add(row, sk, wk, counts, sums):", "    sid, w = row.session_id, row.wallet"]
+    """``add(row, s, w)``: what ``row`` adds to each measure of core/aggregates.py
+    (``Measure.amount``), into its session's and its wallet's delta (store.records' order;
+    None for a row without one), written out per measure at import. The generic loop cost
+    half of a batch's Python."""
+    body = ["def add(row, s, w):"]
     for j, m in enumerate(aggregates.MEASURES):
         has = []
         if m.per is not None:
@@ -454,16 +469,17 @@ def _compile_adder() -> Any:
             body.append(f"    v{j} = row.{m.of}")
             has.append(f'v{j} is not None and v{j} != ""')
         amount = "1" if m.of is None or m.integer else f"v{j}"
-        field = f' + "\\t" + p{j}' if m.per is not None else ""
-        target = "counts" if m.integer else "sums"
         indent = "    "
         if has:
             body.append(f"    if {' and '.join(has)}:")
             indent += "    "
-        for who, index in (("sid", "sk"), ("w", "wk")):
-            body.append(f"{indent}if {who}:")
-            body.append(f"{indent}    k = ({index}[{j}], {who}{field})")
-            body.append(f"{indent}    {target}[k] = {target}.get(k, 0) + {amount}")
+        for delta in ("s", "w"):
+            body.append(f"{indent}if {delta} is not None:")
+            if m.per is not None:
+                body.append(f"{indent}    c = {delta}[{j}]")
+                body.append(f"{indent}    c[p{j}] = c.get(p{j}, 0) + 1")
+            else:
+                body.append(f"{indent}    {delta}[{j}] += {amount}")
     namespace: dict[str, Any] = {}
     exec("\n".join(body), namespace)  # noqa: S102 - source built above from MEASURES
     return namespace["add"]
@@ -472,53 +488,56 @@ def _compile_adder() -> Any:
 _add = _compile_adder()
 
 
+def _nothing() -> list[Any]:
+    """A delta that adds nothing yet: zero, or an empty map per value, for each measure."""
+    return [{} if m.per is not None else 0 for m in aggregates.MEASURES]
+
+
 def _totals(rows: Sequence[Row], days: Sequence[int]) -> dict[str, Any]:
-    """The aggregates of ``rows`` (core/aggregates.py) as the script adds them: the key
-    names (``k``), increments per (key, field) (``i`` counts, ``f`` sums), each session's
-    wallet per day (``sw``) and the unreadable sources (``d``)."""
-    names: dict[str, int] = {}
-    counts: dict[tuple[int, str], int] = {}
-    sums: dict[tuple[int, str], float] = {}
-    session_wallet: dict[tuple[int, str], str] = {}
+    """The aggregates of ``rows`` (core/aggregates.py) as the script adds them: a delta
+    per session and day (``a``: day, bucket, session, delta and keys.wallet_ref of the
+    session's wallet) and
+    per wallet (``w``), and the unreadable sources (``d``)."""
+    sessions: dict[tuple[int, str], list[Any]] = {}
+    wallets: dict[str, list[Any]] = {}
     dropped: dict[str, int] = defaultdict(int)
-
-    def key(name: str) -> int:
-        return names.setdefault(name, len(names) + 1)  # Lua's 1-based index
-
-    wallet_keys = [key(keys.wallet_agg(m.name)) for m in aggregates.MEASURES]
-    session_keys: dict[int, list[int]] = {}
     for row, day in zip(rows, days, strict=True):
         if row.dropped:
             for source in row.dropped.split(","):
                 dropped[source] += 1
-        sk = session_keys.get(day)
-        if sk is None:
-            sk = session_keys[day] = [
-                key(keys.session_agg(m.name, day)) for m in aggregates.MEASURES
-            ]
-        _add(row, sk, wallet_keys, counts, sums)
+        s = w = None
         if row.session_id:
-            session_wallet[(day, row.session_id)] = row.wallet or ""  # the last row's wins
+            s = sessions.get((day, row.session_id))
+            if s is None:
+                s = sessions[(day, row.session_id)] = [*_nothing(), None]
+            if row.wallet:
+                s[-1] = keys.wallet_ref(row.wallet)  # the last row's wins
+        if row.wallet:
+            w = wallets.get(row.wallet)
+            if w is None:
+                w = wallets[row.wallet] = _nothing()
+        _add(row, s, w)
     return {
-        "k": list(names),
-        "i": [[k, f, n] for (k, f), n in counts.items()],
-        "f": [[k, f, repr(total)] for (k, f), total in sums.items()],
-        "sw": [[day, sid, wallet] for (day, sid), wallet in session_wallet.items()],
+        "a": [
+            [day, ident(sid, None).bucket, sid, delta] for (day, sid), delta in sessions.items()
+        ],
+        "w": [[wallet, delta] for wallet, delta in wallets.items()],
         "d": list(map(list, dropped.items())),
     }
 
 
 def _count_sessions(r: Redis, rows: Sequence[Row]) -> None:
-    """Count each (wallet, session) once, in the shard of the session's id: a session's
-    rows spread over shards, so no batch script can tell whether it is new. Idempotent."""
+    """Count each (wallet, session) once, in the shard of the pair: a session's rows spread
+    over shards, so no batch script can tell whether it is new. Idempotent."""
     pairs = {
         (row.wallet, row.session_id): keys.day(row.ts)
         for row in rows
         if row.session_id and row.wallet
     }
+    at = {pair: ident(f"{pair[0]}\t{pair[1]}", None) for pair in pairs}
     shards = all_shards()
-    for shard, items in by_shard(pairs.items(), lambda p: ident(p[0][1], None).shard).items():
-        flat = [[wallet, session, day] for (wallet, session), day in items]
+    for shard, items in by_shard(pairs.items(), lambda p: at[p[0]].shard).items():
+        flat = [[pair[0], at[pair].bucket, at[pair].field, day] for pair, day in items]
         _run(
             r,
             "sessions",

@@ -16,7 +16,7 @@ from redis import Redis
 from thronos_analytics.core import aggregates, keys
 from thronos_analytics.core.contract import Entry, Rejection, Row, ScoreEvent
 from thronos_analytics.core.settings import settings
-from thronos_analytics.core.store.records import unpack_flag
+from thronos_analytics.core.store.records import unpack_aggregate, unpack_flag
 from thronos_analytics.core.store.shards import (
     Ident,
     all_shards,
@@ -212,13 +212,14 @@ def record_rejections(r: Redis | None, source: str, rejections: Iterable[Rejecti
 def state_id(r: Redis) -> str:
     """This Redis state's name, made on first use: a new one means the state was lost.
     The layout it was written with must be this process's, or its ids would be misread."""
-    layout = f"shards={len(all_shards())} buckets={keys.BUCKETS}"
+    layout = f"v{keys.LAYOUT_VERSION} shards={len(all_shards())} buckets={keys.BUCKETS}"
     r.set(keys.LAYOUT, layout, nx=True)
     held = (r.get(keys.LAYOUT) or b"").decode()
     if held != layout:
         raise RuntimeError(
             f"this Redis holds state written with {held}, and this process uses {layout}:"
-            " set THRONOS_REDIS_CLUSTER as it was, or start from an empty Redis"
+            " set THRONOS_REDIS_CLUSTER as it was, or start from an empty state"
+            " (ops/RUNBOOK.md, Upgrade)"
         )
     r.set(keys.STATE_ID, uuid.uuid4().hex, nx=True)
     return (r.get(keys.STATE_ID) or b"").decode()
@@ -296,41 +297,50 @@ def first_in(r: Redis, name: str, seconds: float) -> bool:
 
 def aggregate_values(r: Redis, scope: str) -> dict[str, dict[str, float]]:
     """One scope's aggregates, added up over shards (and for sessions over the days held):
-    measure -> {field: value} (core/aggregates.py), plus ``sessions`` (per wallet) or
-    ``wallet`` (per session)."""
-    days = days_held(r)
-    reads: list[tuple[str, str]] = []  # (measure or link, key) per reply
-    for shard in all_shards():
-        for m in aggregates.MEASURES:
-            if scope == "wallet":
-                reads.append((m.name, shard.prefix + keys.wallet_agg(m.name)))
-            else:
-                reads += [
-                    (m.name, shard.prefix + keys.session_agg(m.name, d)) for d in days[shard.index]
-                ]
-        if scope == "wallet":
-            reads.append(("sessions", shard.prefix + keys.WALLET_SESSIONS))
-        else:
-            # Oldest first: a session's newest day names its wallet.
-            reads += [
-                ("wallet", shard.key(keys.SESSION_WALLET, day=d))
-                for d in reversed(days[shard.index])
-            ]
+    measure -> {field: value} (core/aggregates.py, where pair measures are keyed
+    ``"<who>\t<value>"``), plus ``sessions`` (per wallet) or ``wallet`` (per session)."""
+    per_shard_buckets = keys.BUCKETS // len(all_shards())
     pipe = r.pipeline(transaction=False)
-    for _, key in reads:
-        pipe.hgetall(key)
+    if scope == "wallet":
+        for shard in all_shards():
+            pipe.hgetall(shard.prefix + keys.WALLET_AGG)
+        for shard in all_shards():
+            pipe.hgetall(shard.prefix + keys.WALLET_SESSIONS)
+    else:
+        for shard in all_shards():  # the wallets, which sessions name by keys.wallet_ref
+            pipe.hkeys(shard.prefix + keys.WALLET_AGG)
+        for shard, days in zip(all_shards(), days_held(r).values(), strict=True):
+            for d in reversed(days):  # oldest first: a session's newest day names its wallet
+                for b in range(per_shard_buckets):
+                    pipe.hgetall(shard.key(keys.SESSION_AGG, day=d, bucket=b))
+    replies = pipe.execute()
+    shards = len(all_shards())
+    records, other = replies[:shards], replies[shards:]
+    wallets: dict[int, str] = {}
+    if scope == "session":
+        records, other = other, records
+        wallets = {keys.wallet_ref(w.decode()): w.decode() for held in other for w in held}
     values: dict[str, Any] = {m.name: defaultdict(float) for m in aggregates.MEASURES}
-    values["sessions" if scope == "wallet" else "wallet"] = (
-        defaultdict(int) if scope == "wallet" else {}
-    )
-    for (name, _), held in zip(reads, pipe.execute(), strict=True):
-        target = values[name]
-        if name == "wallet":
-            target.update({k.decode(): v.decode() for k, v in held.items()})
-        else:
-            cast = int if name == "sessions" else float
-            for k, v in held.items():
-                target[k.decode()] += cast(v)
+    links: dict[str, Any] = {}
+    for held in records:
+        for who_bytes, record in held.items():
+            who = who_bytes.decode()
+            measures, wallet = unpack_aggregate(record)
+            for m, value in zip(aggregates.MEASURES, measures, strict=True):
+                if m.per is None:
+                    values[m.name][who] += value
+                else:
+                    for v, count in value.items():
+                        values[m.name][f"{who}\t{v}"] += count
+            if wallet is not None and wallet in wallets:
+                links[who] = wallets[wallet]
+    if scope == "wallet":
+        sessions: Counter[str] = Counter()
+        for held in other:
+            sessions.update({k.decode(): int(v) for k, v in held.items()})
+        values["sessions"] = sessions
+    else:
+        values["wallet"] = links
     return {name: dict(held) for name, held in values.items()}
 
 

@@ -1,4 +1,5 @@
-"""The compact records a shard keeps per interaction for the retention horizon.
+"""The compact records a shard keeps: per interaction for the retention horizon, and per
+session (and day) and wallet.
 
 A flag is 13 bytes in its ``ix`` hash: the anomaly score (float32), the flag bit and the
 model version (microseconds since the epoch, which is what the version's timestamp
@@ -12,6 +13,17 @@ the capped anomaly stream.
 True
 >>> len(pack_flag(flag))
 13
+
+An aggregate record holds every measure of core/aggregates.py for one session (and day)
+or wallet, in their order: a number, or for a measure kept per value a map of value to
+count; then, for a session, its wallet (``keys.wallet_ref``). The scripts add to it
+(aggregates.lua, with cmsgpack). A session's day is one field of about 50 bytes rather
+than one per measure, provider and use case, and Redis keeps a bucket of such fields in a
+listpack.
+
+>>> import msgpack
+>>> unpack_aggregate(msgpack.packb([3, 2.5, 3, 1.5, {"claude": 3}, [], 2**51]))
+([3, 2.5, 3, 1.5, {'claude': 3}, {}], 2251799813685248)
 """
 
 from __future__ import annotations
@@ -20,6 +32,10 @@ import struct
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
+
+import msgpack
+
+from thronos_analytics.core import aggregates
 
 _FLAG = struct.Struct("<fBq")
 VERSION_FORMAT = "%Y%m%dT%H%M%S.%f"
@@ -52,3 +68,14 @@ def unpack_flag(interaction_id: str, record: bytes, reasons: list[str] | None) -
         "model_version": _version_name(version),
         "reasons": reasons or [],
     }
+
+
+_N = len(aggregates.MEASURES)
+
+
+def unpack_aggregate(record: bytes) -> tuple[list[Any], int | None]:
+    """(the measures' values, the session's wallet_ref or None) of an aggregate record."""
+    held = msgpack.unpackb(record, strict_map_key=False)
+    # Lua cannot tell an empty map from an empty array: cmsgpack writes [].
+    values = [v if v != [] else {} for v in held[:_N]]
+    return values, held[_N] if len(held) > _N else None

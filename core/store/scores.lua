@@ -28,24 +28,20 @@ local function hold(d)
 end
 table.sort(held, function(a, b) return a > b end)
 
-local function move(sum, n, uc, who, old_score, new_score, old_uc, new_uc)
+local function move(key, who, old_score, new_score, old_uc, new_uc)
   if who == nil or who == '' then return end
+  local delta = {}
   if old_score ~= new_score then
-    if old_score ~= nil then
-      redis.call('HINCRBYFLOAT', sum, who, -old_score)
-      redis.call('HINCRBY', n, who, -1)
-    end
-    if new_score ~= nil then
-      redis.call('HINCRBYFLOAT', sum, who, new_score)
-      redis.call('HINCRBY', n, who, 1)
-    end
+    delta[MEASURE.score_sum] = (new_score or 0) - (old_score or 0)
+    delta[MEASURE.score_n] = (new_score and 1 or 0) - (old_score and 1 or 0)
   end
   if old_uc ~= new_uc then
-    if old_uc ~= nil and redis.call('HINCRBY', uc, who .. '\t' .. old_uc, -1) <= 0 then
-      redis.call('HDEL', uc, who .. '\t' .. old_uc)
-    end
-    if new_uc ~= nil then redis.call('HINCRBY', uc, who .. '\t' .. new_uc, 1) end
+    local counts = {}
+    if old_uc ~= nil then counts[old_uc] = -1 end
+    if new_uc ~= nil then counts[new_uc] = (counts[new_uc] or 0) + 1 end
+    delta[MEASURE.uc] = counts
   end
+  if next(delta) ~= nil then add_aggregate(key, who, delta) end
 end
 
 local function newer(ts, id, before_ts, before_id)
@@ -69,7 +65,7 @@ for _, e in ipairs(batch) do
     if found then
       local record = redis.call('HGET', join(found, tb), tf)
       -- A row with its own score and use case has no record: no event can change it.
-      local row = record and cjson.decode(record) or {null, null, 0, '', null, null, null, null}
+      local row = record and cjson.decode(record) or {null, null, 0, '', null, null, null, null, 0}
       local before_ts, before_id = value(row[5]), value(row[6])
       if newer(ts, id, before_ts, before_id) then
         local session, wallet = value(row[1]), value(row[2])
@@ -82,9 +78,8 @@ for _, e in ipairs(batch) do
         local new_score, new_uc = own_score, own_uc
         if new_score == nil then new_score = score end
         if new_uc == nil then new_uc = uc end
-        move(session_score_sum(found), session_score_n(found), session_uc(found), session,
-             old_score, new_score, old_uc, new_uc)
-        move(wallet_score_sum, wallet_score_n, wallet_uc, wallet, old_score, new_score, old_uc, new_uc)
+        move(session_agg(found, row[9]), session, old_score, new_score, old_uc, new_uc)
+        move(wallet_agg, wallet, old_score, new_score, old_uc, new_uc)
         row[5], row[6], row[7], row[8] = ts, id, e[9], e[10]
         redis.call('HSET', join(found, tb), tf, cjson.encode(row))
         if before_id == nil then redis.call('HINCRBY', stats, 'score_events_joined', 1) end

@@ -59,10 +59,11 @@ def window_rows(r: Redis, limit: int) -> list[Row]:
         chunk = open_rows[i : i + CHECK_CHUNK]
         found = hash_values(r, keys.JOIN, [ident(row.id, row.ts) for row in chunk])
         for row, hit in zip(chunk, found, strict=True):
-            # A join record: session, wallet, own score and use case, then the event's.
+            # A join record: session, wallet, own score and use case, the event's (4), the
+            # session's bucket.
             record = orjson.loads(hit[1]) if hit is not None else None
             if record is not None and record[5] is not None:
-                events[row.id] = orjson.dumps(record[4:])
+                events[row.id] = orjson.dumps(record[4:8])
     return joined(rows, events)
 
 
