@@ -117,6 +117,17 @@ def test_a_model_published_while_preparing_writes_nothing(r, env, rows):
     assert store.counts(r)["pending"] == 10
 
 
+def test_a_model_keeps_its_newest_versions_only(r, env):
+    published = [
+        store.publish_model(r, "profiles", b"v%d" % i, {"trained_at": i})
+        for i in range(store.KEPT_VERSIONS + 3)
+    ]
+    kept = published[-store.KEPT_VERSIONS :]
+    assert store.versions(r, "profiles") == kept[::-1]
+    assert store.current_model(r, "profiles") == (kept[-1], b"v%d" % (len(published) - 1))
+    assert store.model_version(r, "profiles", published[0]) is None
+
+
 def test_batches_of_mixed_sizes_equal_one_batch(r, env, rows):
     start = 0
     for size in (1, 2, 999, 3, 495):

@@ -54,6 +54,7 @@ from thronos_analytics.core.store.ledger import (
     worker_rows,
 )
 from thronos_analytics.core.store.models import (
+    KEPT_VERSIONS,
     current_model,
     current_version,
     model_info,
@@ -95,6 +96,7 @@ __all__ = [
     "model_version",
     "provider_context",
     "publish_model",
+    "KEPT_VERSIONS",
     "read_joins",
     "record_export",
     "record_failure",

@@ -28,6 +28,7 @@ from thronos_analytics.core.store.shards import (
     by_shard,
     hash_values,
     ident,
+    session_bucket,
 )
 
 _HERE = Path(__file__).parent
@@ -216,7 +217,7 @@ def provider_context(
     session_days: dict[tuple[int, int], set[str]] = defaultdict(set)
     for row, at in zip(rows, idents, strict=True):
         if row.session_id:
-            bucket = ident(row.session_id, None).bucket
+            bucket = session_bucket(row.session_id)
             session_days[(at.day, bucket)].add(row.session_id)
             session_days[(at.day - 1, bucket)].add(row.session_id)
     wanted = [("wallet", keys.WALLET_AGG, whos["wallet"])]
@@ -393,9 +394,9 @@ class _ShardBatch:
             if row.id in events:
                 oh.append([self.joins.days[row.id], at.bucket, at.field])
             if row.score is None or row.use_case is None or row.id in events:
-                session_bucket = ident(row.session_id, None).bucket if row.session_id else 0
+                bucket = session_bucket(row.session_id) if row.session_id else 0
                 record = [row.session_id, row.wallet, row.score, row.use_case, *event]
-                record.append(session_bucket)  # where scores.lua finds its aggregates
+                record.append(bucket)  # where scores.lua finds the session's aggregates
                 jr.append([at.day, at.bucket, at.field, orjson.dumps(record).decode()])
         plan.update(jr=jr, oh=oh, j=len(oh))
         # Old rows (seen before) and late ones (which their leaving day may still hold)
@@ -519,7 +520,7 @@ def _totals(rows: Sequence[Row], days: Sequence[int]) -> dict[str, Any]:
         _add(row, s, w)
     return {
         "a": [
-            [day, ident(sid, None).bucket, sid, delta] for (day, sid), delta in sessions.items()
+            [day, session_bucket(sid), sid, delta] for (day, sid), delta in sessions.items()
         ],
         "w": [[wallet, delta] for wallet, delta in wallets.items()],
         "d": list(map(list, dropped.items())),

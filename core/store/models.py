@@ -12,9 +12,15 @@ from thronos_analytics.core import keys, signing
 from thronos_analytics.core.store.records import VERSION_FORMAT
 from thronos_analytics.core.store.shards import all_shards
 
+# Versions kept per model, the current one the newest: enough for a worker whose current
+# model will not load to fall back on, while a retrain every few minutes does not pile up
+# artifacts (an anomaly model is a few hundred kB) for ever.
+KEPT_VERSIONS = 10
+
 
 def publish_model(r: Redis, name: str, blob: bytes, info: dict[str, Any]) -> str:
-    """Store a model version and make it current. Versions are UTC timestamps, sortable."""
+    """Store a model version and make it current, and drop all but the ``KEPT_VERSIONS``
+    newest. Versions are UTC timestamps, sortable."""
     version = datetime.now(UTC).strftime(VERSION_FORMAT)
     info = {**info, "version": version}
     pipe = r.pipeline(transaction=True)
@@ -23,6 +29,11 @@ def publish_model(r: Redis, name: str, blob: bytes, info: dict[str, Any]) -> str
     pipe.set(keys.model_current(name), version)
     pipe.delete(keys.model_failure(name))
     pipe.execute()
+    if old := versions(r, name)[KEPT_VERSIONS:]:
+        pipe = r.pipeline(transaction=False)
+        pipe.unlink(*(keys.model_blob(name, v) for v in old))
+        pipe.hdel(keys.model_versions(name), *old)
+        pipe.execute()
     if name == "anomaly":  # each shard's batches check for one in their own slot
         for shard in all_shards():
             r.set(shard.prefix + keys.ANOMALY_MODEL, version)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, NamedTuple, TypeVar
 
 from redis import Redis
@@ -49,6 +49,16 @@ def ident(interaction_id: str, ts: float | None) -> Ident:
     """Where the state of ``interaction_id`` (written at ``ts``) is kept; day -1: unknown."""
     shard, bucket, field = keys.ident(interaction_id, len(all_shards()))
     return Ident(shard, bucket, field, -1 if ts is None else keys.day(ts))
+
+
+def session_bucket(session_id: str) -> int:
+    """The bucket of a session's aggregate record in each day (keys.SESSION_AGG)."""
+    return _bucket(session_id, len(all_shards()))
+
+
+@lru_cache(maxsize=1 << 16)  # a batch asks once per row, and a session has many rows
+def _bucket(session_id: str, n: int) -> int:
+    return keys.ident(session_id, n)[1]
 
 
 def by_shard(items: Iterable[T], shard_of: Callable[[T], int]) -> dict[int, list[T]]:
