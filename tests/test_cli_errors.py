@@ -410,3 +410,16 @@ def test_a_running_stack_is_found_from_its_data_dir_alone(env, tmp_path, ledger)
     assert str(data / "logs") in screen and "Traceback" not in screen
     assert "celery@" not in screen and "[tasks]" not in screen  # banners go to the logs
     assert not (data / STATE_FILE).exists()
+
+
+def test_a_state_of_an_older_layout_is_refused_in_one_line_before_anything_is_written(
+    env, r, tmp_path
+):
+    from thronos_analytics.core import keys
+
+    r.set(keys.LAYOUT, "shards=1 buckets=1024")  # as the layout before aggregate records
+    ledger = tmp_path / "ledger.jsonl"
+    write(SimConfig(rows=200, seed=21), ledger)
+    for args in (["run", "--drain", "--no-demo", "--ledger", str(ledger)], ["status"]):
+        assert_one_line(cli(env, *args, timeout=120), "shards=1 buckets=1024", "RUNBOOK")
+    assert store.counts(r)["interactions_seen"] == 0

@@ -188,11 +188,12 @@ def _check_cluster() -> None:
 
 
 def _connect() -> Any:
-    """A client of this command's Redis, checked: an unreachable one fails here, at once."""
+    """A client of this command's Redis, checked: an unreachable one, or a state of another
+    layout, fails here, at once."""
     from thronos_analytics.core import store
 
     r = store.connect(_use_stack())
-    r.ping()
+    store.check_layout(r)
     return r
 
 
@@ -410,6 +411,7 @@ def _serve(config: Settings, ledgers: tuple[Path, ...], stack: Any) -> None:
     from thronos_analytics.workers.tasks import refresh_analytics
 
     r = store.connect(stack.redis_url)
+    store.check_layout(r)
     tails = _follow(config, ledgers, r)
     started = time.monotonic()
     live = Live(console=console, auto_refresh=False) if console.is_terminal else None

@@ -43,6 +43,7 @@ def drain(
     from thronos_analytics.workers.tasks import refresh_signature, retrain_anomaly
 
     r = store.connect(redis_url)
+    store.check_layout(r)
     started = time.perf_counter()
     ids: dict[str, float] = {}
     per_ledger = []

@@ -209,9 +209,9 @@ def record_rejections(r: Redis | None, source: str, rejections: Iterable[Rejecti
     return sum(map(bool, added))
 
 
-def state_id(r: Redis) -> str:
-    """This Redis state's name, made on first use: a new one means the state was lost.
-    The layout it was written with must be this process's, or its ids would be misread."""
+def check_layout(r: Redis) -> None:
+    """Record this process's layout in a new state, and refuse a state written with
+    another one: its keys would be misread. Every command that writes calls this first."""
     layout = f"v{keys.LAYOUT_VERSION} shards={len(all_shards())} buckets={keys.BUCKETS}"
     r.set(keys.LAYOUT, layout, nx=True)
     held = (r.get(keys.LAYOUT) or b"").decode()
@@ -221,6 +221,12 @@ def state_id(r: Redis) -> str:
             " set THRONOS_REDIS_CLUSTER as it was, or start from an empty state"
             " (ops/RUNBOOK.md, Upgrade)"
         )
+
+
+def state_id(r: Redis) -> str:
+    """This Redis state's name, made on first use: a new one means the state was lost.
+    Its layout is checked first (:func:`check_layout`)."""
+    check_layout(r)
     r.set(keys.STATE_ID, uuid.uuid4().hex, nx=True)
     return (r.get(keys.STATE_ID) or b"").decode()
 
