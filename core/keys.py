@@ -127,8 +127,8 @@ EVENTS = "events:{day}:{bucket}"  # SET of score event id hashes applied; {day}:
 REASONS = "reasons:{day}"  # HASH id hash -> JSON reasons, for anomalies only
 # HASH session id -> its aggregate record (store.records), in the session id's bucket
 SESSION_AGG = "agg:session:{day}:{bucket}"
-# HASH hash of "wallet\tsession" -> 1: the sessions counted in WALLET_SESSIONS, in the
-# pair's shard and bucket
+# HASH hash of "wallet\tsession" -> 1: the sessions counted in the wallets' records, in
+# the pair's shard and bucket
 SESSION_SEEN = "agg:session_seen:{day}:{bucket}"
 UNDATED = "undated"  # the {day} of score events without a ts: never dropped
 LATE = "late:{bucket}"  # SET of id hashes of rows (and "e" + events) past the horizon
@@ -147,7 +147,6 @@ ANOMALY_MODEL = "model:anomaly"  # STRING: set once an anomaly model is publishe
 # Each shard holds the part of a session's or wallet's aggregates its rows make, and
 # readers add the shards up. A session's record leaves with its day; its wallet's stays.
 WALLET_AGG = "agg:wallet"  # HASH wallet -> its aggregate record (store.records)
-WALLET_SESSIONS = "agg:wallet:sessions"  # HASH wallet -> sessions counted in this shard
 
 
 def scored_in_minute(minute: int) -> str:

@@ -112,7 +112,7 @@ _SCORES_LAYOUT = [
 _SESSIONS_LAYOUT = [
     ("clock_key", keys.CLOCK),
     ("days_key", keys.DAYS),
-    ("wallet_sessions", keys.WALLET_SESSIONS),
+    ("wallet_agg", keys.WALLET_AGG),
 ]
 
 

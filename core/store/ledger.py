@@ -315,48 +315,44 @@ def aggregate_values(r: Redis, scope: str) -> dict[str, dict[str, float]]:
     """One scope's aggregates, added up over shards (and for sessions over the days held):
     measure -> {field: value} (core/aggregates.py, where pair measures are keyed
     ``"<who>\t<value>"``), plus ``sessions`` (per wallet) or ``wallet`` (per session)."""
-    per_shard_buckets = keys.BUCKETS // len(all_shards())
-    pipe = r.pipeline(transaction=False)
+    shards = all_shards()
+    read = "hgetall" if scope == "wallet" else "hkeys"  # sessions need only the names
+    wallet_records = per_shard(r, lambda pipe, s: getattr(pipe, read)(s.prefix + keys.WALLET_AGG))
     if scope == "wallet":
-        for shard in all_shards():
-            pipe.hgetall(shard.prefix + keys.WALLET_AGG)
-        for shard in all_shards():
-            pipe.hgetall(shard.prefix + keys.WALLET_SESSIONS)
+        records = wallet_records
     else:
-        for shard in all_shards():  # the wallets, which sessions name by keys.wallet_ref
-            pipe.hkeys(shard.prefix + keys.WALLET_AGG)
-        for shard, days in zip(all_shards(), days_held(r).values(), strict=True):
+        pipe = r.pipeline(transaction=False)
+        for shard, days in zip(shards, days_held(r).values(), strict=True):
             for d in reversed(days):  # oldest first: a session's newest day names its wallet
-                for b in range(per_shard_buckets):
+                for b in range(keys.BUCKETS // len(shards)):
                     pipe.hgetall(shard.key(keys.SESSION_AGG, day=d, bucket=b))
-    replies = pipe.execute()
-    shards = len(all_shards())
-    records, other = replies[:shards], replies[shards:]
-    wallets: dict[int, str] = {}
-    if scope == "session":
-        records, other = other, records
-        wallets = {keys.wallet_ref(w.decode()): w.decode() for held in other for w in held}
+        records = pipe.execute()
+    # Sessions name their wallet by keys.wallet_ref.
+    wallets = (
+        {keys.wallet_ref(w.decode()): w.decode() for held in wallet_records for w in held}
+        if scope == "session"
+        else {}
+    )
     values: dict[str, Any] = {m.name: defaultdict(float) for m in aggregates.MEASURES}
-    links: dict[str, Any] = {}
+    values["sessions" if scope == "wallet" else "wallet"] = (
+        defaultdict(int) if scope == "wallet" else {}
+    )
     for held in records:
         for who_bytes, record in held.items():
             who = who_bytes.decode()
-            measures, wallet = unpack_aggregate(record)
+            measures, extra = unpack_aggregate(record)
             for m, value in zip(aggregates.MEASURES, measures, strict=True):
                 if m.per is None:
                     values[m.name][who] += value
                 else:
                     for v, count in value.items():
                         values[m.name][f"{who}\t{v}"] += count
-            if wallet is not None and wallet in wallets:
-                links[who] = wallets[wallet]
-    if scope == "wallet":
-        sessions: Counter[str] = Counter()
-        for held in other:
-            sessions.update({k.decode(): int(v) for k, v in held.items()})
-        values["sessions"] = sessions
-    else:
-        values["wallet"] = links
+            if extra is None:
+                continue
+            if scope == "wallet":
+                values["sessions"][who] += extra
+            elif extra in wallets:
+                values["wallet"][who] = wallets[extra]
     return {name: dict(held) for name, held in values.items()}
 
 

@@ -16,7 +16,8 @@ True
 
 An aggregate record holds every measure of core/aggregates.py for one session (and day)
 or wallet, in their order: a number, or for a measure kept per value a map of value to
-count; then, for a session, its wallet (``keys.wallet_ref``). The scripts add to it
+count; then, for a session, its wallet (``keys.wallet_ref``), and for a wallet, the
+sessions it has had (counted in the shard of each (wallet, session) pair). The scripts add to it
 (aggregates.lua, with cmsgpack). A session's day is one field of about 50 bytes rather
 than one per measure, provider and use case, and Redis keeps a bucket of such fields in a
 listpack.
@@ -74,7 +75,8 @@ _N = len(aggregates.MEASURES)
 
 
 def unpack_aggregate(record: bytes) -> tuple[list[Any], int | None]:
-    """(the measures' values, the session's wallet_ref or None) of an aggregate record."""
+    """(the measures' values, then the session's wallet_ref or the wallet's sessions, or
+    None) of an aggregate record."""
     held = msgpack.unpackb(record, strict_map_key=False)
     # Lua cannot tell an empty map from an empty array: cmsgpack writes [].
     values = [v if v != [] else {} for v in held[:_N]]

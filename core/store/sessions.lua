@@ -1,4 +1,5 @@
--- The sessions of each wallet, counted once each in the shard of the pair
+-- The sessions of each wallet, counted once each in the shard of the pair, in its
+-- aggregate record there
 -- (store.batch._count_sessions). ARGV: 1 the shard's key prefix, 2 retention days, 3 a JSON
 -- array of [wallet, bucket, the pair's hash, day]. A session goes on being the same one
 -- across midnight; one idle for longer than the horizon counts again when it comes back.
@@ -10,7 +11,9 @@ for _, p in ipairs(cjson.decode(ARGV[3])) do
   if day > cutoff and redis.call('HSETNX', session_seen(day, bucket), pair, 1) == 1 then
     redis.call('SADD', days_key, day)
     if redis.call('HEXISTS', session_seen(day - 1, bucket), pair) == 0 then
-      redis.call('HINCRBY', wallet_sessions, wallet, 1)
+      local record = read_aggregate(wallet_agg, wallet)
+      record[N_MEASURES + 1] = (record[N_MEASURES + 1] or 0) + 1
+      write_aggregate(wallet_agg, wallet, record)
     end
   end
 end
