@@ -27,7 +27,7 @@ first.
 from __future__ import annotations
 
 import hashlib
-from functools import cache
+from functools import cache, lru_cache
 
 from redis.crc import key_slot
 
@@ -100,6 +100,7 @@ def ident(interaction_id: str, n: int) -> tuple[int, int, str]:
     return h % n, (h // n) % per_shard, str(signed)
 
 
+@lru_cache(maxsize=1 << 16)  # a batch asks once per row
 def wallet_ref(wallet: str) -> int:
     """A wallet as a session's aggregate record names it: a 52-bit hash, which Lua's numbers
     hold exactly and a record stores in 9 bytes (a 43-character wallet would take its

@@ -1,7 +1,8 @@
 """The writes that must be exactly once, each one Lua script per shard that Redis runs
 whole or not at all: a batch of rows (``apply_batch``, batch.lua), score events
 (``apply_scores``, scores.lua) and the sessions each wallet has had (sessions.lua). A batch
-delivered twice leaves the state as it was after once."""
+delivered twice leaves the state as it was after once. And the live context a batch is
+scored with (``provider_context``, context.lua), read in one call per shard."""
 
 from __future__ import annotations
 
@@ -109,6 +110,7 @@ _SCORES_LAYOUT = [
     ("orphan_version", keys.ORPHAN_VERSION),
     ("wallet_agg", keys.WALLET_AGG),
 ]
+_CONTEXT_LAYOUT = [("wallet_agg", keys.WALLET_AGG)]
 _SESSIONS_LAYOUT = [
     ("clock_key", keys.CLOCK),
     ("days_key", keys.DAYS),
@@ -123,6 +125,7 @@ def _scripts() -> dict[str, str]:
         "batch": _with_keys(read("batch"), "_BATCH_LAYOUT", _batch_layout()),
         "scores": _with_keys(read("scores"), "_SCORES_LAYOUT", _SCORES_LAYOUT),
         "sessions": _with_keys(read("sessions"), "_SESSIONS_LAYOUT", _SESSIONS_LAYOUT),
+        "context": _with_keys(read("context"), "_CONTEXT_LAYOUT", _CONTEXT_LAYOUT),
     }
 
 
@@ -220,26 +223,22 @@ def provider_context(
             bucket = session_bucket(row.session_id)
             session_days[(at.day, bucket)].add(row.session_id)
             session_days[(at.day - 1, bucket)].add(row.session_id)
-    wanted = [("wallet", keys.WALLET_AGG, whos["wallet"])]
-    wanted += [
-        ("session", keys.SESSION_AGG.format(day=day, bucket=bucket), sorted(sessions))
-        for (day, bucket), sessions in session_days.items()
+    # Per group [day (-1: the wallets), bucket, names]: one script call per shard.
+    groups: list[tuple[int, int, list[str]]] = [(-1, 0, whos["wallet"])] if whos["wallet"] else []
+    groups += [
+        (day, bucket, sorted(sessions)) for (day, bucket), sessions in session_days.items()
     ]
-    reads: list[tuple[str, list[str]]] = []
-    pipe = r.pipeline(transaction=False)
-    for scope, key, members in wanted:
-        if not members:
-            continue
+    if groups:
+        payload = orjson.dumps(groups)
         for shard in all_shards():
-            pipe.hmget(shard.prefix + key, members)
-            reads.append((scope, members))
-    for (scope, members), records in zip(reads, pipe.execute(), strict=True):
-        held = counts[scope]
-        for who, record in zip(members, records, strict=True):
-            if record is not None:
-                mix = unpack_aggregate(record)[0][_MIX]
-                for p in providers:
-                    held[who][p] += mix.get(p, 0)
+            found = _run(r, "context", shard, _CONTEXT_LAYOUT, [payload])
+            for (day, _, members), records in zip(groups, found, strict=True):
+                held = counts["wallet" if day < 0 else "session"]
+                for who, record in zip(members, records, strict=True):
+                    if record is not None:
+                        mix = unpack_aggregate(record)[0][_MIX]
+                        for p in providers:
+                            held[who][p] += mix.get(p, 0)
     new_ids: set[str] = set()
     for row, was_seen in zip(rows, seen, strict=True):
         if was_seen or row.id in new_ids:
