@@ -6,10 +6,12 @@ scored with (``provider_context``, context.lua), read in one call per shard."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -137,6 +139,26 @@ def _run(
     return r.register_script(_scripts()[name])(keys=names, args=[shard.prefix, *args])
 
 
+def _run_each(
+    r: Redis, name: str, layout: Sequence[tuple[str, str]], calls: Sequence[tuple[Shard, list]]
+) -> list[Any]:
+    """:func:`_run` for several shards, each on its own; on a cluster all at once, from
+    threads, since redis-py refuses ``EVALSHA`` in a cluster pipeline. Only for calls that
+    do not depend on each other's order (reads, and the idempotent sessions.lua)."""
+    if len(calls) <= 1:
+        return [_run(r, name, shard, layout, args) for shard, args in calls]
+    return list(_threads().map(lambda call: _run(r, name, call[0], layout, call[1]), calls))
+
+
+def _threads() -> ThreadPoolExecutor:
+    return _threads_of(os.getpid())  # a forked worker child needs threads of its own
+
+
+@cache
+def _threads_of(pid: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=8, thread_name_prefix="thronos-shards")
+
+
 def _batch_layout() -> list[tuple[str, str]]:
     """_BATCH_LAYOUT with this minute's counter of scored rows, last."""
     return [*_BATCH_LAYOUT, ("scored_this_minute", keys.scored_in_minute(int(time.time() // 60)))]
@@ -230,8 +252,8 @@ def provider_context(
     ]
     if groups:
         payload = orjson.dumps(groups)
-        for shard in all_shards():
-            found = _run(r, "context", shard, _CONTEXT_LAYOUT, [payload])
+        calls = [(shard, [payload]) for shard in all_shards()]
+        for found in _run_each(r, "context", _CONTEXT_LAYOUT, calls):
             for (day, _, members), records in zip(groups, found, strict=True):
                 held = counts["wallet" if day < 0 else "session"]
                 for who, record in zip(members, records, strict=True):
@@ -535,16 +557,12 @@ def _count_sessions(r: Redis, rows: Sequence[Row]) -> None:
         if row.session_id and row.wallet
     }
     at = {pair: ident(f"{pair[0]}\t{pair[1]}", None) for pair in pairs}
-    shards = all_shards()
+    shards, horizon = all_shards(), settings().retention_days
+    calls = []
     for shard, items in by_shard(pairs.items(), lambda p: at[p[0]].shard).items():
         flat = [[pair[0], at[pair].bucket, at[pair].field, day] for pair, day in items]
-        _run(
-            r,
-            "sessions",
-            shards[shard],
-            _SESSIONS_LAYOUT,
-            [settings().retention_days, orjson.dumps(flat)],
-        )
+        calls.append((shards[shard], [horizon, orjson.dumps(flat)]))
+    _run_each(r, "sessions", _SESSIONS_LAYOUT, calls)
 
 
 # --- score events -----------------------------------------------------------------------
