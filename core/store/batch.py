@@ -72,7 +72,7 @@ def _lua_key_functions() -> str:
 
 
 def _lua_measures() -> str:
-    """core/aggregates.py's measures for aggregates.lua, and its ``add_aggregate``."""
+    """core/aggregates.py's measures as aggregates.lua needs them, then aggregates.lua."""
     positions = ", ".join(f"{m.name} = {i}" for i, m in enumerate(aggregates.MEASURES, 1))
     per = ", ".join("true" if m.per is not None else "false" for m in aggregates.MEASURES)
     out = f"local MEASURE = {{{positions}}}\nlocal PER = {{{per}}}\n"

@@ -1,6 +1,6 @@
--- The sessions of each wallet, counted once each in the shard of the pair, in its
--- aggregate record there
--- (store.batch._count_sessions). ARGV: 1 the shard's key prefix, 2 retention days, 3 a JSON
+-- The sessions of each wallet, counted once each in the shard of the (wallet, session)
+-- pair, in the wallet's aggregate record there (store.batch._count_sessions).
+-- ARGV: 1 the shard's key prefix, 2 retention days, 3 a JSON
 -- array of [wallet, bucket, the pair's hash, day]. A session goes on being the same one
 -- across midnight; one idle for longer than the horizon counts again when it comes back.
 -- KEYS, as _SESSIONS_LAYOUT names them:
