@@ -19,7 +19,7 @@ rows, ``decision_function`` is negative for flagged ones and ``predict`` is -1 f
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Self
 
 import numpy as np
@@ -31,6 +31,7 @@ from thronos_analytics.analytics.features import (
     LEVELS,
     ContextCounts,
     Features,
+    FreshCounts,
     ProviderNorms,
     feature_names,
     featurise,
@@ -49,7 +50,7 @@ REASON_LEVEL = 1.0
 MAX_REASONS = 3
 SURPRISE = len(BASE)  # column of the provider evidence
 FOREST = len(BASE) + 1  # column of the forest's evidence
-Context = Sequence[Mapping[str, Mapping[str, float]] | None] | None
+Context = FreshCounts | None
 
 
 class AnomalyScorer:
@@ -154,10 +155,9 @@ class AnomalyScorer:
     def flag(self, rows: Sequence[Row], context: Context = None) -> list[dict[str, Any]]:
         """``{id, anomaly_score, is_anomaly, reasons}`` per row, in order.
 
-        ``context`` is optional, one entry per row: the calls per provider of the row's
-        session and wallet other than the row, ``{"session": {provider: n}, "wallet":
-        {provider: n}}``, for sessions newer than the model. Without it the counts kept
-        from training are used.
+        ``context`` is optional (:data:`features.FreshCounts`): the calls per provider of
+        each row's session and wallet other than the row, for sessions newer than the
+        model. Without it the counts kept from training are used.
         """
         if not rows:
             return []

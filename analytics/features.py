@@ -385,6 +385,12 @@ def _own_onehot(
 # --- all features -----------------------------------------------------------------------
 
 
+# Fresher counts of each row's session's and wallet's other calls per provider: a mapping
+# per row ({"session": {p: n}, "wallet": {p: n}}, either may be missing), or the same as
+# arrays, counts (n, 2, providers) and which were given (n, 2).
+FreshCounts = Sequence[Mapping[str, Mapping[str, float]] | None] | tuple[np.ndarray, np.ndarray]
+
+
 class Features(NamedTuple):
     base: np.ndarray  # (n, len(BASE)), from base_matrix
     distance: np.ndarray  # (n, len(BASE)), from ProviderNorms.distances
@@ -397,7 +403,7 @@ def featurise(
     rows: Sequence[Row],
     norms: ProviderNorms,
     counts: ContextCounts,
-    context: Sequence[Mapping[str, Mapping[str, float]] | None] | None = None,
+    context: FreshCounts | None = None,
 ) -> Features:
     """Every feature of every row: distances from the norms, and the context model's input.
 
@@ -407,9 +413,9 @@ def featurise(
     and in total, for the reasons.
 
     The stored counts include the rows trained on, so a row's own call is taken off when
-    its session or wallet holds one like it. ``context[i]``, when given, holds fresher
-    counts of the other calls per provider (``{"session": {p: n}, "wallet": {p: n}}``) and
-    replaces the stored provider counts of that row.
+    its session or wallet holds one like it. ``context`` (:data:`FreshCounts`), when given,
+    holds fresher counts of each row's other calls per provider, which replace the stored
+    provider counts of that row.
     """
     memo, entries = norms._memo, norms._entries
     p_index, u_index = counts.provider_index, counts.use_case_index
@@ -433,19 +439,10 @@ def featurise(
         add_measures(_MEASURES(row) if row.success else _NO_MEASURES)
     n, n_p = len(rows), len(counts.providers)
     fresh, has_fresh = _NO_FRESH, _NO_FRESH_FLAGS
-    if context is not None:
-        given_at: list[int] = []  # 2 * row + (0 for the session, 1 for the wallet)
-        given_counts: list[list[float]] = []
-        for i, extra in enumerate(context):
-            for k, scope in enumerate(("session", "wallet")):
-                given = (extra or {}).get(scope)
-                if given is not None:
-                    given_at.append(2 * i + k)
-                    given_counts.append([float(given.get(p, 0.0)) for p in counts.providers])
-        fresh, has_fresh = np.zeros((n, 2, n_p)), np.zeros((n, 2), dtype=np.bool_)
-        if given_at:  # more entries than rows is an IndexError, as it always was
-            fresh.reshape(2 * n, n_p)[given_at] = given_counts
-            has_fresh.reshape(2 * n)[given_at] = True
+    if isinstance(context, tuple):  # as arrays already (store.provider_context)
+        fresh, has_fresh = context
+    elif context is not None:
+        fresh, has_fresh = _fresh_arrays(context, counts.providers, n)
     base = _raw_measures(measures, n)
     code_array = np.array(codes, dtype=np.int64).reshape(n, 8)
     measured, log_scaled = base, _LOG_SCALED  # the kernel puts base on the log scale
@@ -467,6 +464,26 @@ def featurise(
         has_fresh.view(np.uint8),
     )
     return Features(base, distance, X, others, provider)
+
+
+def _fresh_arrays(
+    context: Sequence[Mapping[str, Mapping[str, float]] | None], providers: Sequence[str], n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row mappings of fresh counts as the kernel reads them: (n, 2, providers) counts
+    and (n, 2) flags of which were given."""
+    given_at: list[int] = []  # 2 * row + (0 for the session, 1 for the wallet)
+    given_counts: list[list[float]] = []
+    for i, extra in enumerate(context):
+        for k, scope in enumerate(("session", "wallet")):
+            given = (extra or {}).get(scope)
+            if given is not None:
+                given_at.append(2 * i + k)
+                given_counts.append([float(given.get(p, 0.0)) for p in providers])
+    fresh, has_fresh = np.zeros((n, 2, len(providers))), np.zeros((n, 2), dtype=np.bool_)
+    if given_at:  # more entries than rows is an IndexError, as it always was
+        fresh.reshape(2 * n, len(providers))[given_at] = given_counts
+        has_fresh.reshape(2 * n)[given_at] = True
+    return fresh, has_fresh
 
 
 # Stand-ins for "no fresh context": no rows, which the kernel reads as none given.

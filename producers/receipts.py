@@ -33,6 +33,7 @@ CHECK_EVERY_S = 1.0
 RESEND_AFTER_S = 10.0
 # At most this many rows wait for their receipt: past that a producer waits for Redis.
 MAX_WAITING_ROWS = 100_000
+PROBE_ROWS = 16  # rows of a batch looked up before all of them
 
 
 @dataclass
@@ -84,8 +85,7 @@ class Receipts:
             resent = self._resend(list(self.sent), now)
             log.warning("Redis was away: sent again the %d rows it had not seen", resent)
         self.redis_id, self.outage = redis_id, False
-        while self.sent and not self._missing(self.sent[0]):
-            self.waiting -= len(self.sent.popleft().rows)
+        self._drop_seen()
         overdue = []
         if self.resend_after is not None:
             overdue = [s for s in self.sent if now - s.at >= self.resend_after]
@@ -112,6 +112,23 @@ class Receipts:
                     " are the scoring workers running?"
                 )
             time.sleep(poll)
+
+    def _drop_seen(self) -> None:
+        """Forget the rows Redis has seen, oldest batch first, up to one it has not seen
+        whole: batches are scored about in the order sent, so that is where to stop."""
+        while self.sent:
+            head = self.sent[0]
+            # A few rows spread over the batch first: while one is missing, so is the batch,
+            # and a poll costs a few lookups rather than one per row.
+            step = len(head.rows) // PROBE_ROWS
+            if step > 1 and store.unseen(self.redis, head.rows[::step]):
+                return
+            missing = self._missing(head)
+            self.waiting -= len(head.rows) - len(missing)
+            head.rows = missing
+            if missing:
+                return
+            self.sent.popleft()
 
     def _resend(self, batches: list[Sent], now: float) -> int:
         """Send again the rows of ``batches`` that Redis has not seen; how many there were."""

@@ -16,6 +16,7 @@ ingest makes safe, rather than left unread.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -141,6 +142,7 @@ class TailProducer:
         self.last_state_check = -float("inf")
 
     def run(self) -> None:
+        gc.freeze()  # as backfill does: the collector stops walking what lives for good
         backoff = 0.05
         try:
             while not self.stop.is_set():

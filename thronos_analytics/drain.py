@@ -12,6 +12,7 @@ from thronos_analytics.core.messages import send_batch
 from thronos_analytics.core.settings import Settings, rejected_file
 from thronos_analytics.producers.backfill import backfill
 from thronos_analytics.producers.dead_letter import DeadLetter
+from thronos_analytics.producers.receipts import PROBE_ROWS
 
 CHECK_CHUNK = 5000
 
@@ -23,10 +24,15 @@ def wait_until_flagged(
     missing = list(ids.items())
     deadline = time.monotonic() + timeout
     while missing:
-        chunk = store.unflagged(r, missing[:CHECK_CHUNK])
-        missing = chunk + missing[CHECK_CHUNK:]
-        if not chunk:
-            continue
+        head = missing[:CHECK_CHUNK]
+        # A few rows spread over the chunk first: while one waits, no need to ask for all.
+        step = len(head) // PROBE_ROWS
+        waiting = step > 1 and store.unflagged(r, head[::step])
+        if not waiting:
+            waiting = store.unflagged(r, head)
+            missing = waiting + missing[CHECK_CHUNK:]
+            if not waiting:
+                continue
         if time.monotonic() > deadline:
             raise TimeoutError(f"{len(missing)} rows still without a flag after {timeout:.0f}s")
         time.sleep(poll)

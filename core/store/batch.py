@@ -2,21 +2,20 @@
 whole or not at all: a batch of rows (``apply_batch``, batch.lua), score events
 (``apply_scores``, scores.lua) and the sessions each wallet has had (sessions.lua). A batch
 delivered twice leaves the state as it was after once. And the live context a batch is
-scored with (``provider_context``, context.lua), read in one call per shard."""
+scored with (``provider_context``)."""
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 from redis import Redis
 
@@ -31,6 +30,10 @@ from thronos_analytics.core.store.shards import (
     by_shard,
     hash_values,
     ident,
+    idents,
+    in_parallel,
+    read_fields,
+    run_script,
     session_bucket,
 )
 
@@ -112,7 +115,6 @@ _SCORES_LAYOUT = [
     ("orphan_version", keys.ORPHAN_VERSION),
     ("wallet_agg", keys.WALLET_AGG),
 ]
-_CONTEXT_LAYOUT = [("wallet_agg", keys.WALLET_AGG)]
 _SESSIONS_LAYOUT = [
     ("clock_key", keys.CLOCK),
     ("days_key", keys.DAYS),
@@ -127,36 +129,21 @@ def _scripts() -> dict[str, str]:
         "batch": _with_keys(read("batch"), "_BATCH_LAYOUT", _batch_layout()),
         "scores": _with_keys(read("scores"), "_SCORES_LAYOUT", _SCORES_LAYOUT),
         "sessions": _with_keys(read("sessions"), "_SESSIONS_LAYOUT", _SESSIONS_LAYOUT),
-        "context": _with_keys(read("context"), "_CONTEXT_LAYOUT", _CONTEXT_LAYOUT),
     }
 
 
 def _run(
     r: Redis, name: str, shard: Shard, layout: Sequence[tuple[str, str]], args: list[Any]
 ) -> Any:
-    # register_script caches the SHA and falls back to EVAL after a Redis restart.
     names = [shard.prefix + key for _, key in layout]
-    return r.register_script(_scripts()[name])(keys=names, args=[shard.prefix, *args])
+    return run_script(r, _scripts()[name], names, [shard.prefix, *args])
 
 
 def _run_each(
     r: Redis, name: str, layout: Sequence[tuple[str, str]], calls: Sequence[tuple[Shard, list]]
 ) -> list[Any]:
-    """:func:`_run` for several shards, each on its own; on a cluster all at once, from
-    threads, since redis-py refuses ``EVALSHA`` in a cluster pipeline. Only for calls that
-    do not depend on each other's order (reads, and the idempotent sessions.lua)."""
-    if len(calls) <= 1:
-        return [_run(r, name, shard, layout, args) for shard, args in calls]
-    return list(_threads().map(lambda call: _run(r, name, call[0], layout, call[1]), calls))
-
-
-def _threads() -> ThreadPoolExecutor:
-    return _threads_of(os.getpid())  # a forked worker child needs threads of its own
-
-
-@cache
-def _threads_of(pid: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=8, thread_name_prefix="thronos-shards")
+    """:func:`_run` for several shards, each on its own (:func:`shards.in_parallel`)."""
+    return in_parallel([partial(_run, r, name, shard, layout, args) for shard, args in calls])
 
 
 def _batch_layout() -> list[tuple[str, str]]:
@@ -224,64 +211,74 @@ _MIX = aggregates.NAMES.index("mix")  # calls per provider
 
 def provider_context(
     r: Redis, rows: Sequence[Row], providers: Sequence[str]
-) -> list[dict[str, dict[str, float]]]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Per row, its session's and wallet's calls per provider other than the row itself, as
     the state holds them now plus the batch's rows not yet counted: the history a live row
-    is scored with (``AnomalyDetector.flag``'s ``context``)."""
-    scopes = (("session", "session_id"), ("wallet", "wallet"))
-    whos = {
-        scope: sorted({getattr(row, attr) for row in rows} - {None, ""}) for scope, attr in scopes
-    }
-    idents = [ident(row.id, row.ts) for row in rows]
-    seen = [hit is not None for hit in hash_values(r, keys.IX, idents)]
-    counts: dict[str, dict[str, dict[str, float]]] = {
-        scope: {who: dict.fromkeys(providers, 0.0) for who in whos[scope]} for scope, _ in scopes
-    }
+    is scored with (``AnomalyScorer.flag``'s ``context``). As arrays: ``counts[i, 0]`` and
+    ``counts[i, 1]`` are row i's session's and wallet's calls per provider of ``providers``,
+    and ``given[i]`` says whether the row has a session and a wallet."""
+    p_index = {p: j for j, p in enumerate(providers)}
+    sessions: dict[str, int] = {}
+    wallets: dict[str, int] = {}
+    s_of = [
+        sessions.setdefault(row.session_id, len(sessions)) if row.session_id else -1 for row in rows
+    ]
+    w_of = [wallets.setdefault(row.wallet, len(wallets)) if row.wallet else -1 for row in rows]
+    p_of = [p_index.get(row.provider, -1) for row in rows]
+    at = idents(rows)
+    seen = [hit is not None for hit in hash_values(r, keys.IX, at)]
     # A session's earlier calls are on its rows' days or the day before: only those are
     # read, in every shard (a session's rows spread over them). Wallets are kept for good.
     session_days: dict[tuple[int, int], set[str]] = defaultdict(set)
-    for row, at in zip(rows, idents, strict=True):
+    for row, where in zip(rows, at, strict=True):
         if row.session_id:
             bucket = session_bucket(row.session_id)
-            session_days[(at.day, bucket)].add(row.session_id)
-            session_days[(at.day - 1, bucket)].add(row.session_id)
-    # Per group [day (-1: the wallets), bucket, names]: one script call per shard.
-    groups: list[tuple[int, int, list[str]]] = [(-1, 0, whos["wallet"])] if whos["wallet"] else []
-    groups += [
-        (day, bucket, sorted(sessions)) for (day, bucket), sessions in session_days.items()
+            session_days[(where.day, bucket)].add(row.session_id)
+            session_days[(where.day - 1, bucket)].add(row.session_id)
+    # Per group [day (-1: the wallets), bucket, names]: one read per shard.
+    groups = [(-1, 0, sorted(wallets))] if wallets else []
+    groups += [(day, bucket, sorted(names)) for (day, bucket), names in session_days.items()]
+    requests = [
+        (shard, [(_context_key(shard, day, bucket), names) for day, bucket, names in groups])
+        for shard in all_shards()
     ]
-    if groups:
-        payload = orjson.dumps(groups)
-        calls = [(shard, [payload]) for shard in all_shards()]
-        for found in _run_each(r, "context", _CONTEXT_LAYOUT, calls):
-            for (day, _, members), records in zip(groups, found, strict=True):
-                held = counts["wallet" if day < 0 else "session"]
-                for who, record in zip(members, records, strict=True):
-                    if record is not None:
-                        mix = unpack_aggregate(record)[0][_MIX]
-                        for p in providers:
-                            held[who][p] += mix.get(p, 0)
+    tables = (np.zeros((len(sessions), len(providers))), np.zeros((len(wallets), len(providers))))
+    for found in read_fields(r, requests):
+        for (day, _, names), records in zip(groups, found, strict=True):
+            table, index = (tables[1], wallets) if day < 0 else (tables[0], sessions)
+            for who, record in zip(names, records, strict=True):
+                if record is not None:
+                    calls = table[index[who]]
+                    for p, n in unpack_aggregate(record)[0][_MIX].items():
+                        if (j := p_index.get(p)) is not None:
+                            calls[j] += n
     new_ids: set[str] = set()
-    for row, was_seen in zip(rows, seen, strict=True):
+    for i, (row, was_seen) in enumerate(zip(rows, seen, strict=True)):
         if was_seen or row.id in new_ids:
             continue
         new_ids.add(row.id)
-        for scope, attr in scopes:
-            who = getattr(row, attr)
-            if who and row.provider in counts[scope].get(who, {}):
-                counts[scope][who][row.provider] += 1
-    context = []
-    for row in rows:
-        entry: dict[str, dict[str, float]] = {}
-        for scope, attr in scopes:
-            who = getattr(row, attr)
-            if who:
-                others = dict(counts[scope][who])
-                if row.provider in others:  # the row itself is counted: take it off
-                    others[row.provider] = max(others[row.provider] - 1, 0.0)
-                entry[scope] = others
-        context.append(entry)
-    return context
+        if p_of[i] >= 0:
+            if s_of[i] >= 0:
+                tables[0][s_of[i], p_of[i]] += 1
+            if w_of[i] >= 0:
+                tables[1][w_of[i], p_of[i]] += 1
+    counts = np.zeros((len(rows), 2, len(providers)))
+    given = np.zeros((len(rows), 2), dtype=np.bool_)
+    for k, of in enumerate((np.array(s_of, dtype=np.intp), np.array(w_of, dtype=np.intp))):
+        given[:, k] = has = of >= 0
+        counts[has, k] = tables[k][of[has]]
+    # The row itself is counted: take it off.
+    own = np.array(p_of, dtype=np.intp)
+    mine = np.nonzero(own >= 0)[0]
+    counts[mine, :, own[mine]] = np.maximum(counts[mine, :, own[mine]] - 1, 0.0)
+    return counts, given
+
+
+def _context_key(shard: Shard, day: int, bucket: int) -> str:
+    """The hash of a context group: the wallets' (day -1), or a day's sessions' bucket."""
+    if day < 0:
+        return shard.prefix + keys.WALLET_AGG
+    return shard.key(keys.SESSION_AGG, day=day, bucket=bucket)
 
 
 # --- a batch of rows --------------------------------------------------------------------
@@ -540,9 +537,7 @@ def _totals(rows: Sequence[Row], days: Sequence[int]) -> dict[str, Any]:
                 w = wallets[row.wallet] = _nothing()
         _add(row, s, w)
     return {
-        "a": [
-            [day, session_bucket(sid), sid, delta] for (day, sid), delta in sessions.items()
-        ],
+        "a": [[day, session_bucket(sid), sid, delta] for (day, sid), delta in sessions.items()],
         "w": [[wallet, delta] for wallet, delta in wallets.items()],
         "d": list(map(list, dropped.items())),
     }

@@ -6,13 +6,18 @@ bucket; one that knows only an id looks in every day the shard still holds.
 
 from __future__ import annotations
 
+import os
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import cache, lru_cache, partial
+from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+import orjson
 from redis import Redis
+from redis.commands.core import Script
 
 from thronos_analytics.core import keys
 from thronos_analytics.core.settings import settings
@@ -47,8 +52,20 @@ class Ident(NamedTuple):
 
 def ident(interaction_id: str, ts: float | None) -> Ident:
     """Where the state of ``interaction_id`` (written at ``ts``) is kept; day -1: unknown."""
-    shard, bucket, field = keys.ident(interaction_id, len(all_shards()))
-    return Ident(shard, bucket, field, -1 if ts is None else keys.day(ts))
+    return _ident(interaction_id, -1 if ts is None else keys.day(ts), len(all_shards()))
+
+
+def idents(rows: Sequence[Any]) -> list[Ident]:
+    """:func:`ident` of each row (anything with ``id`` and ``ts``)."""
+    n, day = len(all_shards()), keys.day
+    return [_ident(row.id, day(row.ts), n) for row in rows]
+
+
+# A worker asks for each row's ident up to four times a batch (its context, its joins, its
+# batch, its session pair), and a producer again for each receipt it checks.
+@lru_cache(maxsize=1 << 15)
+def _ident(interaction_id: str, day: int, n: int) -> Ident:
+    return Ident(*keys.ident(interaction_id, n), day)
 
 
 def session_bucket(session_id: str) -> int:
@@ -93,16 +110,71 @@ def hash_values(
         for day in [i.day] if i.day >= 0 else (days or {}).get(i.shard, []):
             groups[(i.shard, day, i.bucket)].append(n)
     shards = all_shards()
-    pipe = r.pipeline(transaction=False)
+    # One request per shard: its (day, bucket) groups, and the fields each asks for.
+    of_shard: dict[int, list[tuple[int, int, list[int]]]] = defaultdict(list)
     for (shard, day, bucket), members in groups.items():
-        key = shards[shard].key(template, day=day, bucket=bucket)
-        pipe.hmget(key, [idents[n].field for n in members])
+        of_shard[shard].append((day, bucket, members))
+    requests = [
+        (
+            shards[shard],
+            [
+                (shards[shard].key(template, day=d, bucket=b), [idents[n].field for n in members])
+                for d, b, members in asked
+            ],
+        )
+        for shard, asked in of_shard.items()
+    ]
     found: list[tuple[int, bytes] | None] = [None] * len(idents)
-    for ((_, day, _), members), values in zip(groups.items(), pipe.execute(), strict=True):
-        for n, value in zip(members, values, strict=True):
-            if value is not None and (found[n] is None or day > found[n][0]):  # type: ignore[index]
-                found[n] = (day, value)
+    for asked, reply in zip(of_shard.values(), read_fields(r, requests), strict=True):
+        for (day, _, members), held in zip(asked, reply, strict=True):
+            for n, value in zip(members, held, strict=True):
+                if value is not None and (found[n] is None or day > found[n][0]):  # type: ignore[index]
+                    found[n] = (day, value)
     return found
+
+
+def read_fields(
+    r: Redis, requests: Sequence[tuple[Shard, Sequence[tuple[str, Sequence[str]]]]]
+) -> list[list[list[bytes | None]]]:
+    """Per (shard, [(hash, fields)]), the fields' values of each hash (None where it has
+    none): one fields.lua call per shard, on a cluster all at once (:func:`in_parallel`)."""
+    calls = [
+        partial(run_script, r, _FIELDS, [asked[0][0]], [orjson.dumps(asked)])
+        for _, asked in requests
+        if asked
+    ]
+    replies = iter(in_parallel(calls))
+    return [next(replies) if asked else [] for _, asked in requests]
+
+
+_FIELDS = (Path(__file__).parent / "fields.lua").read_text()
+_registered: dict[str, Script] = {}
+
+
+def run_script(r: Redis, source: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    """``source`` run by its SHA: loaded into Redis once, again after a restart."""
+    script = _registered.get(source)
+    if script is None:
+        script = _registered[source] = r.register_script(source)
+    return script(keys=keys, args=args, client=r)
+
+
+def in_parallel(calls: Sequence[Callable[[], T]]) -> list[T]:
+    """Each call's result, in order; several of them (a cluster's shards) all at once, from
+    threads, since redis-py refuses ``EVALSHA`` in a cluster pipeline. Only for calls that
+    do not depend on each other's order."""
+    if len(calls) <= 1:
+        return [call() for call in calls]
+    return list(_threads().map(lambda call: call(), calls))
+
+
+def _threads() -> ThreadPoolExecutor:
+    return _threads_of(os.getpid())  # a forked worker child needs threads of its own
+
+
+@cache
+def _threads_of(pid: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=8, thread_name_prefix="thronos-shards")
 
 
 def per_shard(r: Redis, read: Callable[[Any, Shard], None]) -> list[Any]:
