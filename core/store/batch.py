@@ -30,7 +30,7 @@ from thronos_analytics.core.store.shards import (
     by_shard,
     hash_values,
     ident,
-    idents,
+    idents_of,
     in_parallel,
     read_fields,
     run_script,
@@ -225,7 +225,7 @@ def provider_context(
     ]
     w_of = [wallets.setdefault(row.wallet, len(wallets)) if row.wallet else -1 for row in rows]
     p_of = [p_index.get(row.provider, -1) for row in rows]
-    at = idents(rows)
+    at = idents_of(rows)
     seen = [hit is not None for hit in hash_values(r, keys.IX, at)]
     # A session's earlier calls are on its rows' days or the day before: only those are
     # read, in every shard (a session's rows spread over them). Wallets are kept for good.
@@ -318,7 +318,8 @@ def apply_batch(
     first: dict[str, int] = {}
     for i, row in enumerate(rows):
         first.setdefault(row.id, i)
-    idents = {i: ident(rows[i].id, rows[i].ts) for i in first.values()}
+    unique = list(first.values())
+    idents = dict(zip(unique, idents_of([rows[i] for i in unique]), strict=True))
     shards = all_shards()
     new = scored = 0
     for shard, members in sorted(by_shard(first.values(), lambda i: idents[i].shard).items()):

@@ -55,7 +55,7 @@ def ident(interaction_id: str, ts: float | None) -> Ident:
     return _ident(interaction_id, -1 if ts is None else keys.day(ts), len(all_shards()))
 
 
-def idents(rows: Sequence[Any]) -> list[Ident]:
+def idents_of(rows: Sequence[Any]) -> list[Ident]:
     """:func:`ident` of each row (anything with ``id`` and ``ts``)."""
     n, day = len(all_shards()), keys.day
     return [_ident(row.id, day(row.ts), n) for row in rows]
