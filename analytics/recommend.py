@@ -742,8 +742,13 @@ def _popularity(rows: pd.DataFrame) -> dict[str, dict[str, float]]:
     """The spec's classifier: one-hot use case -> provider, read as P(provider | use case)."""
     if rows["provider"].nunique() < 2:
         return {uc: {p: 1.0 for p in rows["provider"].unique()} for uc in rows["use_case"].unique()}
-    X = pd.get_dummies(rows["use_case"]).astype(float)
-    clf = LogisticRegression(max_iter=500).fit(X.to_numpy(), rows["provider"].to_numpy())
+    # Fitted on each (use case, provider) pair once, weighted by its rows: the same loss as
+    # on every row, ~100x faster on a 200k-row window.
+    pairs = rows.groupby(["use_case", "provider"], observed=True).size().reset_index(name="n")
+    X = pd.get_dummies(pairs["use_case"]).astype(float)
+    clf = LogisticRegression(max_iter=500).fit(
+        X.to_numpy(), pairs["provider"].to_numpy(), sample_weight=pairs["n"].to_numpy()
+    )
     probs = clf.predict_proba(np.eye(X.shape[1]))
     return {
         use_case: dict(zip(clf.classes_.tolist(), probs[i].tolist(), strict=True))

@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     anomaly_level: float = _env("THRONOS_ANOMALY_LEVEL", 2.0, gt=0)
     min_train_rows: int = _env("THRONOS_MIN_TRAIN_ROWS", 1000, ge=1)
     window_rows: int = _env("THRONOS_WINDOW_ROWS", 200_000, ge=1)
+    # The first anomaly model trains on at most this many rows (the window's newest): rows
+    # wait for it. A drain trains it once this many are in, and scores the rest as they come.
+    first_model_rows: int = _env("THRONOS_FIRST_MODEL_ROWS", 50_000, ge=1)
+    # Threads of the numeric libraries in a retrain: scale training with processes, and
+    # leave the scoring workers their cores (two threads made each fit ~2x slower here).
+    train_threads: int = _env("THRONOS_TRAIN_THREADS", 1, ge=1)
     # Days of ledger time inside which every id, flag, score event and session is kept
     # exactly; older state is dropped (sessions live on in their wallet's aggregates).
     retention_days: int = _env("THRONOS_RETENTION_DAYS", 8, ge=1, le=366)

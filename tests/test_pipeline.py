@@ -10,7 +10,7 @@ import jsonschema
 import orjson
 
 from thronos_analytics.analytics.simulate import SimConfig, write
-from thronos_analytics.core import store
+from thronos_analytics.core import keys, store
 from thronos_analytics.core.messages import SCORING, TRAINING
 from thronos_analytics.workers.export import SCHEMA_PATH
 
@@ -69,6 +69,27 @@ def test_drain_scores_every_valid_row_exactly_once_and_exports(env, r, tmp_path)
     assert set(store.flags_of(r, [(row.id, row.ts) for row in rows])) == {row.id for row in rows}
     assert again["interactions_rejected"] == len(truth["bad_lines"])
     assert_aggregates_match_ledger(r, rows)
+
+
+def test_drain_scores_with_a_model_of_the_first_rows_then_retrains_on_all(env, r):
+    ledger = Path(env["THRONOS_LEDGER"])
+    write(SimConfig(rows=6000, seed=4, drop=False), ledger)
+    rows = ledger_rows(ledger)
+
+    summary = drain({**env, "THRONOS_FIRST_MODEL_ROWS": "1500"}, "--workers", "2")
+
+    assert summary["interactions_scored"] == summary["distinct_ids"] == len(rows)
+    first, final = sorted(store.versions(r, "anomaly"))
+    infos = {x["model"]: x for x in summary["retrains"]}
+    # The workers' first model read the window's newest 1,500 rows; the drain's last
+    # retrain, which the export names, read all of them.
+    assert infos["anomaly"]["version"] == final and infos["anomaly"]["n_samples"] == len(rows)
+    info = orjson.loads(r.hget(keys.model_versions("anomaly"), first))
+    assert info["n_samples"] == 1500
+    flags = store.flags_of(r, [(row.id, row.ts) for row in rows])
+    assert set(flags) == {row.id for row in rows}
+    assert {f["model_version"] for f in flags.values()} == {first}
+    assert store.counts(r)["pending"] == 0
 
 
 def test_embedded_redis_when_no_redis_url(env, tmp_path):

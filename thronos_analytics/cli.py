@@ -346,11 +346,17 @@ def run(
     if demo and not config.ledger_named and _size(config.default_ledger) == 0:
         ledgers = (config.default_ledger, _demo_ledger(config))
     stack = Stack(
-        config, workers=workers, beat=not drain, flower_port=flower_port if flower else None
+        config,
+        workers=workers,
+        # A drain retrains once scoring is done: the scoring workers' cores are free then.
+        trainers=workers if drain else 1,
+        beat=not drain,
+        flower_port=flower_port if flower else None,
     )
     if drain:
-        # Train on the whole ledger before scoring it, instead of on its first rows.
-        stack.env["THRONOS_MIN_TRAIN_ROWS"] = str(10**12)
+        # Score while the rest comes in, with a model of the ledger's first rows.
+        first = max(config.min_train_rows, config.first_model_rows)
+        stack.env["THRONOS_MIN_TRAIN_ROWS"] = str(first)
     with stack:
         if flower:
             _print_flower(flower_port)

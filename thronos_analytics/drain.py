@@ -38,6 +38,30 @@ def wait_until_flagged(
         time.sleep(poll)
 
 
+def first_model(r: store.Redis, timeout: float) -> bool:
+    """Wait for the workers' first anomaly model, or train one now, on the whole window,
+    if they have none (fewer than ``first_model_rows``): whether it was trained now.
+    Training drains the rows waiting in PENDING to scoring."""
+    from thronos_analytics.workers.tasks import retrain_anomaly
+
+    training = store.lock(r, "anomaly", 1)  # only looked at: held while one trains
+    deadline = time.monotonic() + timeout
+    while store.model_info(r, "anomaly") is None:
+        if not training.locked():
+            result = retrain_anomaly.apply_async(kwargs={"force": True}).get(timeout=timeout)
+            if "error" in result:
+                raise RuntimeError(f"training the anomaly model failed: {result['error']}")
+            if "skipped" not in result:
+                return True
+            # Skipped with no training running and still no model: too few rows to train on.
+            if not training.locked() and store.model_info(r, "anomaly") is None:
+                return False
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no anomaly model after {timeout:.0f}s")
+        time.sleep(0.1)
+    return False
+
+
 def drain(
     config: Settings,
     redis_url: str,
@@ -46,7 +70,7 @@ def drain(
 ) -> dict[str, Any]:
     """Replay each ledger (default: ``config.ledgers``) in turn, train on them all, score
     every row, retrain the rest and export. A missing ledger counts as an empty one."""
-    from thronos_analytics.workers.tasks import refresh_signature, retrain_anomaly
+    from thronos_analytics.workers.tasks import refresh_signature
 
     r = store.connect(redis_url)
     store.check_layout(r)
@@ -70,17 +94,16 @@ def drain(
             )
         per_ledger.append(entry)
     ingested = time.perf_counter()
-    # Rows wait in PENDING until a model exists; training now drains them to scoring.
-    anomaly = retrain_anomaly.apply_async(kwargs={"force": True}).get(timeout=timeout)
-    if "error" in anomaly:
-        raise RuntimeError(f"training the anomaly model failed: {anomaly['error']}")
+    trained_now = first_model(r, timeout)
     # Too few rows to train on and no earlier model: they wait in PENDING for one.
     unscored = 0 if store.model_info(r, "anomaly") else len(ids)
     if not unscored:
         wait_until_flagged(r, ids, timeout)
     scored = time.perf_counter()
-    export = refresh_signature(("profiles", "recommender", "quality", "incidents")).apply_async()
-    summary = export.get(timeout=timeout)
+    models: tuple[str, ...] = ("profiles", "recommender", "quality", "incidents")
+    # A model of the first rows scored the rest: the next rows get one of the whole window.
+    models = models if trained_now or unscored else ("anomaly", *models)
+    summary = refresh_signature(models).apply_async().get(timeout=timeout)
     finished = time.perf_counter()
 
     def total(key: str) -> int:

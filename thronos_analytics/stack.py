@@ -629,8 +629,8 @@ def _in_main_thread() -> bool:
 
 
 class Stack:
-    """Redis (unless ``REDIS_URL`` is set), ``workers`` scoring workers, one training worker,
-    and optionally beat and Flower, stopped together on exit.
+    """Redis (unless ``REDIS_URL`` is set), ``workers`` scoring workers, a training worker
+    of ``trainers`` processes, and optionally beat and Flower, stopped together on exit.
 
     As a context manager it turns SIGTERM and SIGHUP into KeyboardInterrupt, as SIGINT is,
     so one ``except KeyboardInterrupt`` stops everything in order."""
@@ -639,12 +639,14 @@ class Stack:
         self,
         config: Settings,
         workers: int = 2,
+        trainers: int = 1,
         beat: bool = False,
         flower_port: int | None = None,
         loglevel: str = "WARNING",
     ) -> None:
         self.config = config
         self.workers = workers
+        self.trainers = trainers
         self.beat = beat
         self.flower_port = flower_port
         self.loglevel = loglevel
@@ -735,7 +737,7 @@ class Stack:
             self.spawn(
                 f"scoring{i + 1}", worker_command(f"scoring{i + 1}", SCORING, 1, self.loglevel)
             )
-        self.spawn("training", worker_command("training", TRAINING, 1, self.loglevel))
+        self.spawn("training", worker_command("training", TRAINING, self.trainers, self.loglevel))
         if self.beat:
             self.spawn("beat", celery_command("beat", "-l", self.loglevel))
         if self.flower_port:

@@ -55,10 +55,13 @@ def _retrain_task(model: registry.Model) -> Any:
     """The task that retrains ``model``, under its registered name."""
 
     def retrain(force: bool = False) -> dict[str, Any]:
-        from thronos_analytics.workers import training
+        from threadpoolctl import threadpool_limits
+
+        from thronos_analytics.workers import training  # loads the numeric libraries
 
         r = store.connect()
-        result = training.retrain_model(r, model.name, force)
+        with threadpool_limits(settings().train_threads):
+            result = training.retrain_model(r, model.name, force)
         if model.scores_rows and "version" in result:
             result["drained"] = store.drain_pending(r, send_rows)
         return result

@@ -98,9 +98,13 @@ def retrain_model(r: store.Redis, name: str, force: bool = False) -> dict[str, A
 
 
 def read_rows(r: store.Redis, force: bool = False) -> list[Row]:
-    """The training window's rows; ``force`` trains on as few as two."""
+    """The training window's rows; ``force`` trains on as few as two. The first model, which
+    rows wait for, reads only the newest ``first_model_rows``."""
     config = settings()
-    rows = store.window_rows(r, config.window_rows)
+    first = store.current_version(r, "anomaly") is None
+    rows = store.window_rows(
+        r, min(config.window_rows, config.first_model_rows) if first else config.window_rows
+    )
     if len(rows) < (2 if force else config.min_train_rows):
         raise Skipped(f"{len(rows)} rows in the window, {config.min_train_rows} needed")
     return rows
