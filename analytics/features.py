@@ -121,6 +121,24 @@ def _cell_keys(rows: Sequence[Row], column: int) -> list[str]:
     return [f"{r.provider}{SEP}{getattr(r, attribute) or ''}" for r in rows]
 
 
+def _groups(providers: list[str], cells: list[str]) -> dict[str, np.ndarray]:
+    """Row indices of all rows (key ``""``), of each provider and of each cell, keys in
+    order of first appearance, a row's provider before its cell."""
+    import pandas as pd  # fitting only: a scoring worker never loads it
+
+    n = len(providers)
+    found = []
+    for values in (providers, cells):
+        codes, uniques = pd.factorize(np.asarray(values, dtype=object))
+        order = np.argsort(codes, kind="stable")  # each group's rows stay in ledger order
+        counts = np.bincount(codes, minlength=len(uniques))
+        members = np.split(order, np.cumsum(counts)[:-1]) if n else []
+        found.append([(int(m[0]), key, m) for key, m in zip(uniques, members, strict=True)])
+    # Ties on the first row go to the provider: the order a row-by-row pass would meet them.
+    ordered = sorted(found[0] + found[1], key=lambda group: group[0])
+    return {"": np.arange(n), **{key: m for _, key, m in ordered}}
+
+
 class Norm(NamedTuple):
     """Each row's norm per measure, (n, len(BASE)) each: what :meth:`ProviderNorms.lookup` gives."""
 
@@ -173,11 +191,12 @@ class ProviderNorms:
         medians: list[np.ndarray] = []
         scales: list[np.ndarray] = []
         models: list[np.ndarray] = []
+        by_refinement = {
+            attribute: _groups(providers, _cell_keys(rows, REFINED_BY.index(attribute)))
+            for attribute in dict.fromkeys(REFINED_BY)
+        }
         for j in range(len(BASE)):
-            groups: dict[str, list[int]] = {"": list(range(len(rows)))}
-            for i, (provider, cell) in enumerate(zip(providers, _cell_keys(rows, j), strict=True)):
-                groups.setdefault(provider, []).append(i)
-                groups.setdefault(cell, []).append(i)
+            groups = by_refinement[REFINED_BY[j]]
             key_list, med, scale, model_list = [], [], [], []
             for key, members in groups.items():
                 is_cell = SEP in key
