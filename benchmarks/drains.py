@@ -395,7 +395,8 @@ def markdown(res: dict[str, Any]) -> list[str]:
         "",
         f"One simulated ledger of {facts['rows']:,} rows over {facts['days']} days"
         f" ({facts['sessions']:,} sessions, {facts['wallets']:,} wallets), through"
-        " `thronos-analytics run --drain` (2 scoring workers and a training worker, on a"
+        " `thronos-analytics run --drain` (2 scoring workers and a training worker of 2"
+        " processes, on a"
         " private redis-server with AOF on that is the broker too, as in `make drain`) and"
         " through `python -m benchmarks.one_process` (the spec's analytics in pandas and"
         " scikit-learn, one process; its libraries may use both cores). Each is a fresh"
@@ -414,15 +415,17 @@ def markdown(res: dict[str, Any]) -> list[str]:
         f"Script ÷ drain: **{peer['script_over_drain']:.2f}×**. Where each spends its wall"
         " time (s):",
         "",
-        "| `run --drain` | start + stop of the stack | ingest | train, score all | retrain"
-        " + export | total |",
+        "| `run --drain` | start + stop of the stack | ingest (and score) | score the rest"
+        " | retrain + export | total |",
         "|---|---|---|---|---|---|",
         "| | " + " | ".join(str(drain["phases_s"][k]) for k in DRAIN_PHASES) + " |",
         "",
         "Inside the drain, each model's fit took (s, from `status --json`): "
         + ", ".join(f"{k} {v}" for k, v in sorted(drain["status"]["fit_s"].items()))
-        + ". Training runs on the one training worker; scoring starts once the anomaly"
-        " model exists.",
+        + " (the last fit of each, the anomaly model's on the whole window). The workers"
+        " train the first anomaly model once THRONOS_FIRST_MODEL_ROWS (50,000) rows are"
+        " in and score the rest as they come; the drain then retrains all five at once"
+        " on its two training processes.",
         "",
         "| script | read | anomalies | personas | recommendations | quality | export | total"
         " (+ start-up) |",
