@@ -112,3 +112,17 @@ def test_the_export_has_every_models_section(r, ledger):
     assert set(document["models"]) == set(registry.NAMES)
     for key in ("profiles", "anomalies", "recommendations", "warnings", "incidents"):
         assert key in document
+
+
+def test_the_first_anomaly_model_reads_only_the_newest_first_model_rows(r, ledger, monkeypatch):
+    from thronos_analytics.core.settings import use_settings
+
+    monkeypatch.setenv("THRONOS_FIRST_MODEL_ROWS", "1500")
+    use_settings(None)  # read once per process, and the ledger was ingested with them
+    anomaly = registry.model("anomaly")
+    first = training.read_rows(r)  # no model yet: rows wait for this one
+    assert [row.id for row in first] == [row.id for row in ledger[-1500:]]
+    blob, info = training.fit_model(r, anomaly)
+    store.publish_model(r, "anomaly", blob, {**info, "trained_at": 0.0})
+    assert info["n_samples"] == 1500
+    assert len(training.read_rows(r)) == len(ledger)  # later ones read the whole window

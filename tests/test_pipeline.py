@@ -71,25 +71,47 @@ def test_drain_scores_every_valid_row_exactly_once_and_exports(env, r, tmp_path)
     assert_aggregates_match_ledger(r, rows)
 
 
-def test_drain_scores_with_a_model_of_the_first_rows_then_retrains_on_all(env, r):
+def test_drain_scores_while_it_ingests_then_retrains_on_all(env, r):
     ledger = Path(env["THRONOS_LEDGER"])
-    write(SimConfig(rows=6000, seed=4, drop=False), ledger)
+    write(SimConfig(rows=20_000, seed=4, drop=False), ledger)
     rows = ledger_rows(ledger)
 
     summary = drain({**env, "THRONOS_FIRST_MODEL_ROWS": "1500"}, "--workers", "2")
 
     assert summary["interactions_scored"] == summary["distinct_ids"] == len(rows)
-    first, final = sorted(store.versions(r, "anomaly"))
-    infos = {x["model"]: x for x in summary["retrains"]}
-    # The workers' first model read the window's newest 1,500 rows; the drain's last
-    # retrain, which the export names, read all of them.
-    assert infos["anomaly"]["version"] == final and infos["anomaly"]["n_samples"] == len(rows)
-    info = orjson.loads(r.hget(keys.model_versions("anomaly"), first))
-    assert info["n_samples"] == 1500
+    assert store.counts(r)["pending"] == 0
     flags = store.flags_of(r, [(row.id, row.ts) for row in rows])
     assert set(flags) == {row.id for row in rows}
-    assert {f["model_version"] for f in flags.values()} == {first}
-    assert store.counts(r)["pending"] == 0
+    # The model the export names, which the next rows get, is one of the whole window.
+    current = store.model_info(r, "anomaly")
+    assert current["n_samples"] == len(rows)
+    document = orjson.loads((Path(env["THRONOS_DATA_DIR"]) / "ai_analytics.json").read_bytes())
+    assert document["models"]["anomaly"]["version"] == current["version"]
+    # The rows were flagged by the workers' first model, of the window's newest 1,500
+    # rows when the first 1,500 were in; unless ingest ended before it started, and the
+    # drain trained the first model itself, on all of them.
+    (scored_by,) = {f["model_version"] for f in flags.values()}
+    first = orjson.loads(r.hget(keys.model_versions("anomaly"), scored_by))
+    assert first["n_samples"] in (1500, len(rows))
+
+
+def test_drain_over_a_state_whose_models_cannot_load_trains_a_new_one(env, r, tmp_path):
+    ledger = Path(env["THRONOS_LEDGER"])
+    write(SimConfig(rows=1200, seed=8, drop=False), tmp_path / "all.jsonl")
+    lines = (tmp_path / "all.jsonl").read_bytes().splitlines(keepends=True)
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    ledger.write_bytes(b"".join(lines[:600]))
+    drain(env, "--workers", "1")
+    for version in store.versions(r, "anomaly"):  # corrupt: no version loads any more
+        r.set(keys.model_blob("anomaly", version), b"not a model")
+    ledger.write_bytes(b"".join(lines))
+
+    summary = drain(env, "--workers", "1")
+
+    rows = ledger_rows(ledger)
+    assert summary["rows_waiting_for_a_model"] == 0
+    assert set(store.flags_of(r, [(row.id, row.ts) for row in rows])) == {row.id for row in rows}
+    assert store.counts(r)["interactions_scored"] == len(rows)
 
 
 def test_embedded_redis_when_no_redis_url(env, tmp_path):

@@ -38,15 +38,27 @@ def wait_until_flagged(
         time.sleep(poll)
 
 
+def usable_model(r: store.Redis) -> bool:
+    """Whether the current anomaly model loads, as a scoring worker would load it: the rows
+    of a state whose model is corrupt or tampered with wait in PENDING for a new one."""
+    from thronos_analytics.workers import scoring
+
+    version = store.current_version(r, "anomaly")
+    try:
+        return version is not None and scoring.load(r, version) is not None
+    except Exception:
+        return False
+
+
 def first_model(r: store.Redis, timeout: float) -> bool:
     """Wait for the workers' first anomaly model, or train one now, on the whole window,
-    if they have none (fewer than ``first_model_rows``): whether it was trained now.
-    Training drains the rows waiting in PENDING to scoring."""
+    if they have none that loads (fewer than ``first_model_rows`` rows, or an unusable
+    one): whether it was trained now. Training drains the rows waiting in PENDING."""
     from thronos_analytics.workers.tasks import retrain_anomaly
 
     training = store.lock(r, "anomaly", 1)  # only looked at: held while one trains
     deadline = time.monotonic() + timeout
-    while store.model_info(r, "anomaly") is None:
+    while not usable_model(r):
         if not training.locked():
             result = retrain_anomaly.apply_async(kwargs={"force": True}).get(timeout=timeout)
             if "error" in result:
@@ -54,7 +66,7 @@ def first_model(r: store.Redis, timeout: float) -> bool:
             if "skipped" not in result:
                 return True
             # Skipped with no training running and still no model: too few rows to train on.
-            if not training.locked() and store.model_info(r, "anomaly") is None:
+            if not training.locked() and not usable_model(r):
                 return False
         if time.monotonic() > deadline:
             raise TimeoutError(f"no anomaly model after {timeout:.0f}s")
@@ -96,7 +108,7 @@ def drain(
     ingested = time.perf_counter()
     trained_now = first_model(r, timeout)
     # Too few rows to train on and no earlier model: they wait in PENDING for one.
-    unscored = 0 if store.model_info(r, "anomaly") else len(ids)
+    unscored = 0 if usable_model(r) else len(ids)
     if not unscored:
         wait_until_flagged(r, ids, timeout)
     scored = time.perf_counter()

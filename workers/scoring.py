@@ -38,7 +38,7 @@ def current_detector(r: store.Redis) -> tuple[str, AnomalyScorer] | None:
     if (_loaded is not None and _loaded[0] == version) or version in _refused:
         return _loaded or _last_good(r)
     try:
-        _loaded = (version, _load(r, version))
+        _loaded = (version, load(r, version))
     except Exception as exc:
         _refuse(r, version, exc)
         return _loaded or _last_good(r)
@@ -49,7 +49,8 @@ def current_detector(r: store.Redis) -> tuple[str, AnomalyScorer] | None:
     return _loaded
 
 
-def _load(r: store.Redis, version: str) -> AnomalyScorer:
+def load(r: store.Redis, version: str) -> AnomalyScorer:
+    """The published anomaly model ``version``; raises if it cannot be loaded."""
     published = store.model_version(r, "anomaly", version)
     if published is None:
         raise LookupError(f"anomaly model {version} has no artifact")
@@ -70,7 +71,7 @@ def _last_good(r: store.Redis) -> tuple[str, AnomalyScorer] | None:
         if version in _refused:
             continue
         try:
-            _loaded = (version, _load(r, version))
+            _loaded = (version, load(r, version))
             return _loaded
         except Exception as exc:
             _refuse(r, version, exc)
