@@ -321,15 +321,19 @@ def apply_batch(
     unique = list(first.values())
     idents = dict(zip(unique, idents_of([rows[i] for i in unique]), strict=True))
     shards = all_shards()
-    new = scored = 0
-    for shard, members in sorted(by_shard(first.values(), lambda i: idents[i].shard).items()):
-        batch = _ShardBatch(shards[shard], rows, flags, members, idents, use_model, joins)
-        n, s = batch.apply(r)
-        if s == -1:
-            return new, -1
-        new, scored = new + n, scored + s
-    _count_sessions(r, [rows[i] for i in first.values()])
-    return new, scored
+    batches = [
+        _ShardBatch(shards[shard], rows, flags, members, idents, use_model, joins)
+        for shard, members in sorted(by_shard(unique, lambda i: idents[i].shard).items())
+    ]
+    # Each shard's script is atomic and idempotent on its own: on a cluster they run at once.
+    # A shard that found a model published meanwhile wrote nothing; those that did not are
+    # told of their rows as old when the caller scores the batch and sends it again.
+    applied = in_parallel([partial(batch.apply, r) for batch in batches])
+    new = sum(n for n, _ in applied)
+    if any(s == -1 for _, s in applied):
+        return new, -1
+    _count_sessions(r, [rows[i] for i in unique])
+    return new, sum(s for _, s in applied)
 
 
 @dataclass
