@@ -45,6 +45,7 @@ from benchmarks.throughput import (
     retrain_row,
     wait_for,
 )
+from thronos_analytics.core.settings import Settings
 
 CLI = [sys.executable, "-m", "thronos_analytics.cli"]
 DAY_MS = 86_400_000
@@ -390,6 +391,7 @@ def markdown(res: dict[str, Any]) -> list[str]:
     startup = script["wall_s"] - script["timings_s"]["total"]
     n = len(peer["drain_walls_s"])
     runs = f"best of {n} runs each, alternating" if n > 1 else "one run each"
+    first_rows = Settings().first_model_rows  # the drains' environment is this one's
     lines = [
         "### `run --drain` against the one-process script",
         "",
@@ -423,9 +425,9 @@ def markdown(res: dict[str, Any]) -> list[str]:
         "Inside the drain, each model's fit took (s, from `status --json`): "
         + ", ".join(f"{k} {v}" for k, v in sorted(drain["status"]["fit_s"].items()))
         + " (the last fit of each, the anomaly model's on the whole window). The workers"
-        " train the first anomaly model once THRONOS_FIRST_MODEL_ROWS (50,000) rows are"
-        " in and score the rest as they come; the drain then retrains all five at once"
-        " on its two training processes.",
+        f" train the first anomaly model once THRONOS_FIRST_MODEL_ROWS ({first_rows:,})"
+        " rows are in and score the rest as they come; the drain then retrains all five"
+        " at once on its two training processes.",
         "",
         "| script | read | anomalies | personas | recommendations | quality | export | total"
         " (+ start-up) |",
