@@ -1,6 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
 """The scoring arithmetic, compiled: the forest walk (analytics.forest), the per-row features
-(analytics.features) and the evidence (analytics.anomaly).
+(analytics.features) and the evidence (analytics.anomaly); and the recommender's Thompson
+draws (analytics.recommend).
 
 Each kernel takes C-ordered arrays of one dtype each (``const`` where it only reads, so
 read-only arrays need no copy); the Python modules convert what they are given. Loops run
@@ -305,3 +306,25 @@ def combine(
                     best = full[i, j]
             scores[i] = best
     return full_array, scores_array
+
+
+# --- analytics.recommend ------------------------------------------------------------------
+
+
+def thompson_wins(const double[::1] means, const double[::1] sds, const double[:, ::1] draws):
+    """How often each candidate is the largest of ``means + draws * sds``, draw by draw: the
+    counts of ``np.argmax(means + draws * sds, axis=1)`` (the first of equals wins), without
+    the (draws, candidates) temporary that made numpy's version bound by memory."""
+    cdef Py_ssize_t n = draws.shape[0], k = means.shape[0], d, j, best
+    wins_array = np.zeros(k, dtype=np.int64)
+    cdef int64_t[::1] wins = wins_array
+    cdef double top, v
+    with nogil:
+        for d in range(n):
+            best, top = 0, means[0] + draws[d, 0] * sds[0]
+            for j in range(1, k):
+                v = means[j] + draws[d, j] * sds[j]
+                if v > top:
+                    best, top = j, v
+            wins[best] += 1
+    return wins_array

@@ -57,14 +57,18 @@ The spec's model, a classifier ``use_case -> provider``, learns which provider p
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
+from scipy.special import ndtr
 from scipy.stats import norm
 from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression
+
+from thronos_analytics.analytics import _kernels
 
 # Half-life of a call's weight, in later calls of the same cell (see the module docstring).
 HALF_LIFE = 50.0
@@ -430,7 +434,7 @@ def _candidates(model: dict[str, Any], use_case: str, wallet: str | None) -> lis
     for provider, cell in cells.items():
         n = cell["n"]
         mean = cell.get("expected_score", cell["score"])
-        var = cell.get("sd", 0.1 / np.sqrt(max(n, 1))) ** 2
+        var = cell.get("sd", 0.1 / math.sqrt(max(n, 1))) ** 2
         own = mine.get(provider)
         if own and "offset" in own:
             mean += own["offset"]
@@ -445,7 +449,7 @@ def _candidates(model: dict[str, Any], use_case: str, wallet: str | None) -> lis
                 "provider": provider,
                 "cell": cell,
                 "mean": float(mean),
-                "sd": float(np.sqrt(var)),
+                "sd": math.sqrt(var),
                 "n_wallet": own["n"] if own else 0,
                 "explore": cell.get("n_eff", n)
                 < model.get("min_effective_calls", MIN_EFFECTIVE_CALLS),
@@ -494,8 +498,7 @@ def p_best(means: np.ndarray, sds: np.ndarray) -> np.ndarray:
     if len(alive) == 1:
         out[alive] = 1.0
     elif len(alive) > 1:
-        samples = means[alive] + _draws(len(alive)) * sds[alive]
-        out[alive] = np.bincount(samples.argmax(axis=1), minlength=len(alive)) / DRAWS
+        out[alive] = _kernels.thompson_wins(means[alive], sds[alive], _draws(len(alive))) / DRAWS
     return out
 
 
@@ -705,8 +708,8 @@ def suggestions(
             better = ranked[0]
             current = next(c for c in ranked if c["provider"] == usual)
             gain = better["mean"] - current["mean"]
-            spread = float(np.hypot(better["sd"], current["sd"]))
-            confidence = float(norm.cdf(gain / spread)) if spread > 0 else float(gain > 0)
+            spread = math.hypot(better["sd"], current["sd"])
+            confidence = float(ndtr(gain / spread)) if spread > 0 else float(gain > 0)
             if gain < SUGGESTION_MIN_GAIN or confidence < SUGGESTION_MIN_CONFIDENCE:
                 continue
             name, mine, n_all = better["provider"], better["n_wallet"], better["cell"]["n"]

@@ -46,6 +46,7 @@ array, which ``from_wire`` checks field by field without parsing a layout again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Callable
@@ -102,6 +103,20 @@ def _paths(sources: dict[str, tuple[str, ...]]) -> dict[str, tuple[tuple[str, ..
 
 _PATHS = _paths(SOURCES)
 _EVENT_PATHS = _paths(EVENT_SOURCES)
+
+
+@functools.lru_cache(maxsize=1024)
+def _present_paths(
+    keys: tuple[str, ...], meta_keys: tuple[str, ...]
+) -> dict[str, tuple[tuple[str, ...], ...]]:
+    """``_PATHS`` without the sources a line of these keys (and meta keys) cannot hold. A
+    ledger has a few key sets, so each is planned once: most of a line's sources are absent,
+    and skipping them halves the cost of reading it."""
+    top, inner = set(keys), set(meta_keys)
+    return {
+        name: tuple(p for p in paths if (p[1] in inner if p[0] == "meta" else p[0] in top))
+        for name, paths in _PATHS.items()
+    }
 
 
 class RowError(ValueError):
@@ -263,7 +278,9 @@ def normalise(obj: Any, rating_scale: str = "auto", strict: bool = False) -> Row
     kept: list[str] = []
     dropped: Any = None if strict else kept
     meta = _meta(obj, dropped)
-    paths = _PATHS
+    # A line of very many keys is planned for itself: the cache must not keep its keys.
+    plan = _present_paths if len(obj) + len(meta) <= 64 else _present_paths.__wrapped__
+    paths = plan(tuple(obj), tuple(meta))
     provider = _first(obj, meta, paths["provider"], _present, None)
     if not isinstance(provider, str) or not provider.strip():
         raise RowError("no provider" if provider is None else "provider is not a non-empty string")
@@ -293,7 +310,7 @@ def normalise(obj: Any, rating_scale: str = "auto", strict: bool = False) -> Row
         latency_ms=latency,
         output_len=output_len,
         use_case=use_case,
-        success=_success(obj, meta),
+        success=_success(obj, meta, paths),
         cost_usd=_first(obj, meta, paths["cost_usd"], _non_negative, dropped),
         tokens_in=_first(obj, meta, paths["tokens_in"], _non_negative, dropped),
         output_unit=None if output_len is None else unit,
@@ -493,7 +510,9 @@ def _parse_time_text(key: str, text: str) -> float:
     return parsed.timestamp()
 
 
-def _success(obj: dict[str, Any], meta: dict[str, Any]) -> bool:
+def _success(
+    obj: dict[str, Any], meta: dict[str, Any], paths: dict[str, tuple[tuple[str, ...], ...]]
+) -> bool:
     """False if any source says the call failed: ``error``, ``success``, an error code,
     the status."""
     if obj.get("error"):
@@ -501,10 +520,10 @@ def _success(obj: dict[str, Any], meta: dict[str, Any]) -> bool:
     success = obj.get("success", True)
     if isinstance(success, bool | int) and not success:
         return False
-    code = _first(obj, meta, _PATHS["error_code"], _present, None)
+    code = _first(obj, meta, paths["error_code"], _present, None)
     if code not in (None, "", 0, False):
         return False
-    status = _first(obj, meta, _PATHS["status"], _present, None)
+    status = _first(obj, meta, paths["status"], _present, None)
     if isinstance(status, str):
         return status.strip().lower() not in FAILED_STATUSES
     if type(status) is int:

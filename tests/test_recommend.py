@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from thronos_analytics.analytics import _kernels
 from thronos_analytics.analytics.quality import detect_drops
 from thronos_analytics.analytics.recommend import explain_empty, fit_recommender, rank, suggestions
 
@@ -221,6 +222,17 @@ def test_an_impossible_budget_explains_itself_and_names_the_closest_provider() -
     assert set(both["closest"]["over_budget"]) == {"latency_p90_ms", "credits"}
     unknown = explain_empty(model, "poetry")
     assert unknown is not None and unknown["closest"] is None and "coding" in unknown["text"]
+
+
+def test_the_compiled_thompson_draws_count_as_numpy_argmax_does() -> None:
+    rng = np.random.default_rng(3)
+    for k in (1, 2, 3, 5, 8):
+        draws = rng.standard_normal((500, k))
+        means, sds = rng.normal(0.7, 0.05, k), rng.uniform(0.0, 0.05, k)
+        if k > 2:  # two equal and certain leaders in every draw: the first wins, as in numpy
+            means[[0, -1]], sds[[0, -1]] = 1.0, 0.0
+        expected = np.bincount((means + draws * sds).argmax(axis=1), minlength=k)
+        assert np.array_equal(_kernels.thompson_wins(means, sds, draws), expected)
 
 
 def test_p_best_sums_to_one_is_deterministic_and_roughly_calibrated() -> None:

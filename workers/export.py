@@ -135,7 +135,7 @@ def incidents_section(r: store.Redis, artifacts: Artifacts) -> dict[str, Any]:
 def write_analytics(r: store.Redis, path: Path) -> dict[str, Any]:
     started = time.perf_counter()
     document = build_analytics(r)
-    warning = _shrinks(path, document["stats"]["interactions_scored"])
+    warning = _shrinks(path, document["stats"]["interactions_scored"], store.last_export(r))
     if warning:
         log.error("%s", warning)
         document["state_warning"] = warning
@@ -143,6 +143,7 @@ def write_analytics(r: store.Redis, path: Path) -> dict[str, Any]:
         if _scored_in(path) > _scored_in(kept):
             path.replace(kept)
     write_atomically(path, orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY))
+    stamp = _stamp(path)
     # The score trend is for the page only: the training window holds the rows it needs.
     trend = report.score_trend(store.window_rows(r, settings().window_rows))
     html_path = path.with_suffix(".html")
@@ -159,6 +160,7 @@ def write_analytics(r: store.Redis, path: Path) -> dict[str, Any]:
         "generated_at": document["generated_at"],
         "duration_s": round(time.perf_counter() - started, 3),
         **{k: v for k, v in document["stats"].items() if k != "dropped_fields"},
+        "file_stamp": stamp,
     }
     store.record_export(r, summary, warning)
     if warning:
@@ -166,11 +168,16 @@ def write_analytics(r: store.Redis, path: Path) -> dict[str, Any]:
     return summary
 
 
-def _shrinks(path: Path, scored: int) -> str | None:
+def _shrinks(path: Path, scored: int, last: dict[str, str]) -> str | None:
     """Why an export of ``scored`` interactions must not silently replace ``path``: it, or
-    the export kept the last time this happened, accounted for more."""
+    the export kept the last time this happened, accounted for more. ``last`` is the last
+    export's summary (``store.last_export``): while ``path`` is the file it wrote, its
+    count is taken from there rather than by parsing tens of MB."""
     kept = path.with_name(path.stem + ".previous.json")
-    before = max(_scored_in(path), _scored_in(kept))
+    if last.get("path") == str(path) and last.get("file_stamp") == _stamp(path):
+        before = max(int(last["interactions_scored"]), _scored_in(kept))
+    else:
+        before = max(_scored_in(path), _scored_in(kept))
     if scored >= before:
         return None
     return (
@@ -178,6 +185,15 @@ def _shrinks(path: Path, scored: int) -> str | None:
         f" earlier one (kept as {kept.name}): Redis lost state and the ledgers are being read"
         " again; see ops/RUNBOOK.md"
     )
+
+
+def _stamp(path: Path) -> str:
+    """The file as it is now: another writer's file, even of the same size, differs."""
+    try:
+        st = path.stat()
+    except OSError:
+        return ""
+    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def _scored_in(path: Path) -> int:

@@ -383,6 +383,11 @@ def record_export(r: Redis, summary: dict[str, Any], warning: str | None) -> Non
     pipe.execute()
 
 
+def last_export(r: Redis) -> dict[str, str]:
+    """The last export's summary as :func:`record_export` keeps it (strings)."""
+    return {k.decode(): v.decode() for k, v in r.hgetall(keys.EXPORT).items()}
+
+
 def record_lag(r: Redis, lags: Sequence[float]) -> None:
     """Count each lag in its bucket (``le`` label) plus the running sum."""
     if not lags:

@@ -15,7 +15,7 @@ from thronos_analytics.core import keys
 from thronos_analytics.core.messages import queue_depths
 from thronos_analytics.core.settings import Settings
 from thronos_analytics.core.store.connection import Redis
-from thronos_analytics.core.store.ledger import LAG_BUCKETS, counts, dropped_fields
+from thronos_analytics.core.store.ledger import LAG_BUCKETS, counts, dropped_fields, last_export
 from thronos_analytics.core.store.models import model_info
 from thronos_analytics.core.store.shards import entry_order, per_shard, summed
 
@@ -66,8 +66,9 @@ def read_status(
     report["incidents"] = [i["message"] for i in active]
     report["incidents_by_kind"] = dict(Counter(i["kind"] for i in active))
     # The hash holds strings: numbers go back to numbers for scripts.
-    export = {k.decode(): _number(v.decode()) for k, v in r.hgetall(keys.EXPORT).items()}
+    export = {k: _number(v) for k, v in last_export(r).items()}
     report["state_warning"] = export.pop("state_warning", None)
+    export.pop("file_stamp", None)  # which file it wrote: for the next export, not people
     report["last_export"] = export
     generated = export.get("generated_at")
     report["last_export_age_s"] = round(now - float(generated), 1) if generated else None
