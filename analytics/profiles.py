@@ -37,6 +37,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_samples
+from sklearn.metrics.pairwise import euclidean_distances
 from sklearn.preprocessing import StandardScaler
 
 from thronos_analytics.core.aggregates import MEASURES, SCOPES, has
@@ -258,11 +259,16 @@ def _candidates(
     fit_on = X[rng.choice(n, FIT_SAMPLE, replace=False)] if n > FIT_SAMPLE else X
     sample = rng.choice(len(fit_on), min(len(fit_on), SILHOUETTE_SAMPLE), replace=False)
     candidates: Candidates = {}
+    distances: np.ndarray | None = None  # the sample's, the same for every k: computed once
     for k in range(k_range[0], min(k_range[1], n - 1) + 1):
         model = KMeans(n_clusters=k, n_init=10, random_state=random_state).fit(fit_on)
         if np.bincount(model.labels_, minlength=k).min() < min_share * len(fit_on):
             continue
-        candidates[k] = (silhouette_samples(fit_on[sample], model.labels_[sample]), model)
+        if distances is None:
+            distances = euclidean_distances(fit_on[sample])
+            np.fill_diagonal(distances, 0.0)
+        labels = model.labels_[sample]
+        candidates[k] = (silhouette_samples(distances, labels, metric="precomputed"), model)
     return fit_on, candidates
 
 
