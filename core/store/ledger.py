@@ -24,6 +24,8 @@ from thronos_analytics.core.store.shards import (
     entry_order,
     hash_values,
     ident,
+    idents_at,
+    idents_of,
     per_shard,
     summed,
 )
@@ -58,9 +60,7 @@ def unseen(r: Redis, entries: Sequence[Entry]) -> list[Entry]:
     rows = [e for e in entries if type(e) is Row]
     events = [e for e in entries if isinstance(e, ScoreEvent)]
     missing: list[Entry] = [
-        row
-        for row, seen in zip(rows, _seen(r, [ident(row.id, row.ts) for row in rows]), strict=True)
-        if not seen
+        row for row, seen in zip(rows, _seen(r, idents_of(rows)), strict=True) if not seen
     ]
     if events:
         shards = all_shards()
@@ -115,7 +115,7 @@ def unflagged(r: Redis, rows: Sequence[tuple[str, float]]) -> list[tuple[str, fl
     """The (id, ts) of ``rows`` that wait for a flag: held without one, or not held and
     neither late (a late row is counted as such and gets none) nor past the horizon (its
     flag has left with its day)."""
-    idents = [ident(i, ts) for i, ts in rows]
+    idents = idents_at(rows)
     clocks = per_shard(r, lambda pipe, s: pipe.get(s.prefix + keys.CLOCK))
     horizon = settings().retention_days
     gone = [int(c) - horizon if c is not None else -1 for c in clocks]

@@ -61,6 +61,12 @@ def idents_of(rows: Sequence[Any]) -> list[Ident]:
     return [_ident(row.id, day(row.ts), n) for row in rows]
 
 
+def idents_at(pairs: Sequence[tuple[str, float]]) -> list[Ident]:
+    """:func:`ident` of each (id, ts)."""
+    n, day = len(all_shards()), keys.day
+    return [_ident(interaction_id, day(ts), n) for interaction_id, ts in pairs]
+
+
 # A worker asks for each row's ident up to four times a batch (its context, its joins, its
 # batch, its session pair), and a producer again for each receipt it checks.
 @lru_cache(maxsize=1 << 15)
