@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -488,17 +489,19 @@ def _draws(k: int) -> np.ndarray:
     return np.random.default_rng(SEED).standard_normal((DRAWS, k))
 
 
-def p_best(means: np.ndarray, sds: np.ndarray) -> np.ndarray:
+def p_best(means: Sequence[float], sds: Sequence[float]) -> np.ndarray:
     """P(each is the largest), by Thompson sampling from independent Normal posteriors
     (``DRAWS`` draws, fixed seed: deterministic). A candidate more than 8 standard
     deviations behind another wins under 1 draw in 30,000 and is given 0 unsampled."""
     out = np.zeros(len(means))
-    floor = np.max(means - 4 * sds) if len(means) else 0.0
-    alive = np.flatnonzero(means + 4 * sds >= floor)
+    # A few candidates each time, thousands of times an export: plain floats, not arrays.
+    floor = max((m - 4 * s for m, s in zip(means, sds, strict=True)), default=0.0)
+    alive = [i for i, (m, s) in enumerate(zip(means, sds, strict=True)) if m + 4 * s >= floor]
     if len(alive) == 1:
-        out[alive] = 1.0
+        out[alive[0]] = 1.0
     elif len(alive) > 1:
-        out[alive] = _kernels.thompson_wins(means[alive], sds[alive], _draws(len(alive))) / DRAWS
+        m, s = np.array([means[i] for i in alive]), np.array([sds[i] for i in alive])
+        out[alive] = _kernels.thompson_wins(m, s, _draws(len(alive))) / DRAWS
     return out
 
 
@@ -516,11 +519,9 @@ def _ranked(
     warnings: list[dict[str, Any]] | None,
 ) -> list[dict[str, Any]]:
     """The candidates within the budgets, sorted, each with its tier and ``p_best``."""
-    candidates = [
-        c
-        for c in _candidates(model, use_case, wallet)
-        if _fits(c["cell"], max_latency_ms, max_credits)
-    ]
+    candidates = _candidates(model, use_case, wallet)
+    if max_latency_ms is not None or max_credits is not None:
+        candidates = [c for c in candidates if _fits(c["cell"], max_latency_ms, max_credits)]
     if not candidates:
         return []
     for c in candidates:
@@ -529,7 +530,7 @@ def _ranked(
         c["p_best"] = 0.0
     first = min(c["tier"] for c in candidates)
     pool = [c for c in candidates if c["tier"] == first]
-    probabilities = p_best(np.array([c["mean"] for c in pool]), np.array([c["sd"] for c in pool]))
+    probabilities = p_best([c["mean"] for c in pool], [c["sd"] for c in pool])
     for c, p in zip(pool, probabilities, strict=True):
         c["p_best"] = float(p)
         c["first"] = True
