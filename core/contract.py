@@ -163,12 +163,20 @@ class Row(NamedTuple):
             return normalise(data)
         if not isinstance(data, list | tuple):
             raise RowError(f"row is a JSON {type(data).__name__}, not an object or array")
-        n = len(data)
-        if not WIRE_V1 <= n <= len(cls._fields):
-            raise RowError(f"wire row has {n} fields, not {WIRE_V1} to {len(cls._fields)}")
+        row = cls.from_state(data)
         error = _wire_error(data)
         if error is not None:
             raise RowError(f"wire row: {error}")
+        return row
+
+    @classmethod
+    def from_state(cls, data: list[Any] | tuple[Any, ...]) -> Row:
+        """A wire row that a worker wrote into the state after :meth:`from_wire` checked it
+        (the training window): only its length is checked again. Checking each field cost
+        two thirds of reading a 200k-row window."""
+        n = len(data)
+        if not WIRE_V1 <= n <= len(cls._fields):
+            raise RowError(f"wire row has {n} fields, not {WIRE_V1} to {len(cls._fields)}")
         return cls._make(data) if n == len(cls._fields) else cls(*data)
 
 

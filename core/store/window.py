@@ -41,7 +41,7 @@ def _entry_end(entry_id: bytes) -> int:
 
 
 def _entry_rows(fields: dict[bytes, bytes]) -> list[Row]:
-    return [Row.from_wire(wire) for wire in orjson.loads(fields[b"r"])]
+    return [Row.from_state(wire) for wire in orjson.loads(fields[b"r"])]
 
 
 def window_rows(r: Redis, limit: int) -> list[Row]:
