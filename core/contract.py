@@ -490,10 +490,12 @@ def _row_id(obj: dict[str, Any]) -> str:
 
 
 def _timestamp(obj: dict[str, Any], paths: tuple[tuple[str, ...], ...]) -> float:
-    key = next((p[0] for p in paths if obj.get(p[0]) is not None), None)
-    if key is None:
+    for (key,) in paths:
+        value = obj.get(key)
+        if value is not None:
+            break
+    else:
         raise RowError("no ts, timestamp or created_at")
-    value = obj[key]
     if isinstance(value, str):
         value = _parse_time_text(key, value)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
