@@ -135,12 +135,13 @@ def incidents_section(r: store.Redis, artifacts: Artifacts) -> dict[str, Any]:
 def write_analytics(r: store.Redis, path: Path) -> dict[str, Any]:
     started = time.perf_counter()
     document = build_analytics(r)
-    warning = _shrinks(path, document["stats"]["interactions_scored"], store.last_export(r))
+    last = store.last_export(r)
+    warning = _shrinks(path, document["stats"]["interactions_scored"], last)
     if warning:
         log.error("%s", warning)
         document["state_warning"] = warning
         kept = path.with_name(path.stem + ".previous.json")
-        if _scored_in(path) > _scored_in(kept):
+        if _scored_in(path, last) > _scored_in(kept):
             path.replace(kept)
     write_atomically(path, orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY))
     stamp = _stamp(path)
@@ -174,10 +175,7 @@ def _shrinks(path: Path, scored: int, last: dict[str, str]) -> str | None:
     export's summary (``store.last_export``): while ``path`` is the file it wrote, its
     count is taken from there rather than by parsing tens of MB."""
     kept = path.with_name(path.stem + ".previous.json")
-    if last.get("path") == str(path) and last.get("file_stamp") == _stamp(path):
-        before = max(int(last["interactions_scored"]), _scored_in(kept))
-    else:
-        before = max(_scored_in(path), _scored_in(kept))
+    before = max(_scored_in(path, last), _scored_in(kept))
     if scored >= before:
         return None
     return (
@@ -196,7 +194,11 @@ def _stamp(path: Path) -> str:
     return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def _scored_in(path: Path) -> int:
+def _scored_in(path: Path, last: dict[str, str] | None = None) -> int:
+    """The interactions an export file accounts for; while it is the file of ``last`` (the
+    last export's summary), as that says."""
+    if last and last.get("path") == str(path) and last.get("file_stamp") == _stamp(path):
+        return int(last["interactions_scored"])
     try:
         scored = orjson.loads(path.read_bytes())["stats"]["interactions_scored"]
     except (OSError, ValueError, KeyError, TypeError):

@@ -55,13 +55,12 @@ def ident(interaction_id: str, ts: float | None) -> Ident:
     return _ident(interaction_id, -1 if ts is None else keys.day(ts), len(all_shards()))
 
 
-def idents_of(rows: Sequence[Any]) -> list[Ident]:
+def idents_of(rows: Iterable[Any]) -> list[Ident]:
     """:func:`ident` of each row (anything with ``id`` and ``ts``)."""
-    n, day = len(all_shards()), keys.day
-    return [_ident(row.id, day(row.ts), n) for row in rows]
+    return idents_at((row.id, row.ts) for row in rows)
 
 
-def idents_at(pairs: Sequence[tuple[str, float]]) -> list[Ident]:
+def idents_at(pairs: Iterable[tuple[str, float]]) -> list[Ident]:
     """:func:`ident` of each (id, ts)."""
     n, day = len(all_shards()), keys.day
     return [_ident(interaction_id, day(ts), n) for interaction_id, ts in pairs]
