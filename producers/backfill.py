@@ -39,9 +39,11 @@ def backfill(
     batch_size: int = BACKFILL_BATCH,
     confirm_with: store.Redis | None = None,
     timeout: float = 1800,
+    pause: tuple[int, Callable[[], None]] | None = None,
 ) -> Replay:
     """Send every valid row of ``path`` and reject the rest. With ``confirm_with``, wait
-    (up to ``timeout`` seconds) until that Redis has seen every row."""
+    (up to ``timeout`` seconds) until that Redis has seen every row. With ``pause`` (n,
+    wait) too, once n rows are sent and seen, call ``wait()`` before sending the rest."""
     replay = Replay()
     # What is alive now (imports, models) stays for the replay: frozen, the cyclic collector
     # stops walking it each time the parsed rows trigger a collection (a fifth of the
@@ -73,6 +75,10 @@ def backfill(
             replay.rejected += len(batch.rejections)
             replay.lines = batch.end.line
             progress.update(task, completed=batch.end.offset)
+            if receipts is not None and pause is not None and replay.rows >= pause[0]:
+                receipts.wait(timeout=timeout)
+                pause[1]()
+                pause = None
     if receipts is not None:
         receipts.wait(timeout=timeout)
     return replay

@@ -61,10 +61,11 @@ def first_model(r: store.Redis, timeout: float) -> bool:
     one): whether it was trained now. Training drains the rows waiting in PENDING."""
     from thronos_analytics.workers.tasks import retrain_anomaly
 
-    training = store.lock(r, "anomaly", 1)  # only looked at: held while one trains
+    # Only looked at: held while one trains, and for a minute after the workers start one.
+    training, started = store.lock(r, "anomaly", 1), store.lock(r, "autotrain", 1)
     deadline = time.monotonic() + timeout
     while not usable_model(r):
-        if not training.locked():
+        if not training.locked() and not started.locked():
             result = retrain_anomaly.apply_async(kwargs={"force": True}).get(timeout=timeout)
             if "error" in result:
                 raise RuntimeError(f"training the anomaly model failed: {result['error']}")
@@ -94,13 +95,20 @@ def drain(
     started = time.perf_counter()
     ids: dict[str, float] = {}
     per_ledger = []
+    # Rows sent before the first model are parked, then sent again: the replay waits for it.
+    modelled = usable_model(r)
     for path in config.ledgers if ledgers is None else ledgers:
         entry: dict[str, Any] = {"ledger": str(path), "lines": 0, "valid_rows": 0}
         entry.update(distinct_ids=0, rejected_lines=0, events=0)
         if path.exists():
             dead_letter = DeadLetter(rejected_file(path), path.name, r)
             # Returns once Redis has seen every row.
-            replay = backfill(path, send_batch, dead_letter.record, confirm_with=r, timeout=timeout)
+            pause = None
+            if not modelled and (left := config.first_model_rows - len(ids)) > 0:
+                pause = (left, lambda: first_model(r, timeout))
+            replay = backfill(
+                path, send_batch, dead_letter.record, confirm_with=r, timeout=timeout, pause=pause
+            )
             ids.update(replay.ids)
             entry.update(
                 lines=replay.lines,
