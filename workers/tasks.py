@@ -13,14 +13,23 @@ import logging
 from typing import Any
 
 from celery import chord
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
 
 from thronos_analytics.core import store
+from thronos_analytics.core.messages import TRAINING
 from thronos_analytics.core.settings import settings
 from thronos_analytics.workers import registry, scoring
 from thronos_analytics.workers.celery_app import app
 
 log = logging.getLogger(__name__)
+
+
+@worker_init.connect
+def _import_training(sender: Any, **_: Any) -> None:
+    # A worker that trains imports the numeric libraries once, before its pool forks:
+    # otherwise each of its processes imports them at its first retrain (~2 s of CPU each).
+    if TRAINING in sender.app.amqp.queues.consume_from:
+        from thronos_analytics.workers import export, training  # noqa: F401
 
 
 @worker_process_init.connect
