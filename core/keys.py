@@ -38,8 +38,11 @@ CONTROL = P + "{c}:"
 # STRING, set once: names this Redis state, so a checkpoint can tell that it was lost
 STATE_ID = CONTROL + "state_id"
 LAYOUT = CONTROL + "layout"  # STRING: shards and buckets the state was written with
-REJECTED = CONTROL + "rejected"  # HASH rejection key -> JSON (count = HLEN, idempotent)
+REJECTED_COUNT = CONTROL + "rejected:count"  # STRING: rejected lines, each counted once
 REJECTED_STREAM = CONTROL + "rejected:stream"  # STREAM of rejections, capped
+# HASH rejection key -> JSON, as releases before rejected_on() kept every rejection: still
+# looked in and counted, never written
+REJECTED_BEFORE_DAYS = CONTROL + "rejected"
 LAG_HISTOGRAM = CONTROL + "stats:lag"  # HASH bucket bound -> count, and "sum"
 WORKER_ROWS = CONTROL + "stats:worker_rows"  # HASH worker hostname -> rows handled
 WARNINGS = CONTROL + "warnings"  # HASH warning key -> JSON, so each is reported once
@@ -174,3 +177,9 @@ def model_failure(name: str) -> str:
 
 def lock(name: str) -> str:
     return f"{CONTROL}lock:{name}"
+
+
+def rejected_on(day: int) -> str:
+    """HASH rejection key -> JSON: the lines first rejected on that day (wall clock); it
+    expires once the retention horizon has passed it."""
+    return f"{CONTROL}rejected:{day}"

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from thronos_analytics.core import keys, store
+from thronos_analytics.core import store
 from thronos_analytics.core.contract import Rejection, Row, ScoreEvent, parse_line
 from thronos_analytics.core.messages import SCORING, TRAINING, send_batch
 from thronos_analytics.producers.dead_letter import DeadLetter
@@ -130,7 +130,7 @@ def test_tail_and_workers_survive_any_mix_and_are_idempotent(trained_pipeline, t
         content.append(raw)
     ledger = tmp_path / f"{tag}.jsonl"
     ledger.write_bytes(b"\n".join(content) + b"\n")
-    rejected_before = r.hlen(keys.REJECTED)
+    rejected_before = store.counts(r)["interactions_rejected"]
 
     for _ in range(2):  # the same file fed twice
         dead_letter = DeadLetter(tmp_path / f"{tag}.rejected.jsonl", ledger.name, r)
@@ -147,7 +147,7 @@ def test_tail_and_workers_survive_any_mix_and_are_idempotent(trained_pipeline, t
             timeout=60,
             what="good rows scored",
         )
-        assert r.hlen(keys.REJECTED) - rejected_before == bad
+        assert store.counts(r)["interactions_rejected"] - rejected_before == bad
     dead = (tmp_path / f"{tag}.rejected.jsonl").read_bytes().splitlines() if bad else []
     assert all(orjson.loads(line)["reason"] for line in dead)
 
@@ -166,13 +166,16 @@ def test_workers_reject_malformed_messages_and_score_the_rest(trained_pipeline):
         {**good, "ts": "never"},
         {**good, "id": "msg-dropped", "credits_used": -3},  # costs its credits, not the row
     ]
-    before = r.hlen(keys.REJECTED)
+    before = store.counts(r)["interactions_rejected"]
     send_batch_raw(payload)
     wait_for(lambda: store.flag_of(r, good["id"]), what="the good row scored")
     wait_for(lambda: store.flag_of(r, "msg-dropped"), what="the row without credits scored")
-    wait_for(lambda: r.hlen(keys.REJECTED) - before == len(payload) - 2, what="rejections")
+    wait_for(
+        lambda: store.counts(r)["interactions_rejected"] - before == len(payload) - 2,
+        what="rejections",
+    )
     assert store.dropped_fields(r)["credits_used"] == 1
-    reasons = [orjson.loads(v)["reason"] for v in r.hvals(keys.REJECTED)]
+    reasons = [rejection["reason"] for rejection in store.latest_rejections(r, len(payload))]
     assert any("not an object" in reason for reason in reasons)
 
 

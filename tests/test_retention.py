@@ -3,11 +3,15 @@ exact; past it the state stops growing, late rows count once, and nothing is los
 
 from __future__ import annotations
 
+import hashlib
+import time
+
+import orjson
 import pytest
 from test_store import assert_state_matches, flags_for
 
-from thronos_analytics.core import store
-from thronos_analytics.core.contract import Row, ScoreEvent
+from thronos_analytics.core import keys, store
+from thronos_analytics.core.contract import Rejection, Row, ScoreEvent
 
 DAY = 86_400.0
 START = 1.75e9 - 1.75e9 % DAY  # midnight UTC, in the past: the clock stops at tomorrow
@@ -140,3 +144,27 @@ def test_a_score_event_joins_inside_the_horizon_and_is_late_past_it(horizon, r, 
     assert store.apply_scores(r, [stale]) == 0
     assert store.apply_scores(r, [stale]) == 0
     assert store.counts(r)["score_events_late"] == 1
+
+
+
+def test_a_rejected_line_counts_once_for_the_horizon_and_its_record_expires(horizon, r, env):
+    bad = [Rejection(n, "not JSON", f"{{broken {n}") for n in range(1, 6)]
+    assert store.record_rejections(r, "a.jsonl", bad) == 5
+    assert store.record_rejections(r, "a.jsonl", bad[:3]) == 0  # the same lines read again
+    assert store.record_rejections(r, "b.jsonl", bad[:1]) == 1  # another ledger's line 1
+    today = keys.day(time.time())
+    assert r.hlen(keys.rejected_on(today)) == 6
+    assert horizon * DAY < r.ttl(keys.rejected_on(today)) <= (horizon + 1) * DAY
+    assert [x["line"] for x in store.latest_rejections(r, 10)] == [1, 5, 4, 3, 2, 1]
+    # As if those lines had been first rejected on the horizon's first day: still known.
+    r.rename(keys.rejected_on(today), keys.rejected_on(today - horizon))
+    assert store.record_rejections(r, "a.jsonl", bad) == 0
+    # On the day before it: forgotten, so they count again.
+    r.rename(keys.rejected_on(today - horizon), keys.rejected_on(today - horizon - 1))
+    assert store.record_rejections(r, "a.jsonl", bad) == 5
+    # An earlier release kept every rejection in one hash: still looked in, and counted.
+    old = Rejection(9, "old", "old line")
+    digest = hashlib.sha1(old.raw.encode()).hexdigest()[:12]
+    r.hset(keys.REJECTED_BEFORE_DAYS, f"old.jsonl:9:{digest}", orjson.dumps({"reason": "old"}))
+    assert store.record_rejections(r, "old.jsonl", [old]) == 0
+    assert store.counts(r)["interactions_rejected"] == 6 + 5 + 1

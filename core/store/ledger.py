@@ -8,6 +8,7 @@ import uuid
 from bisect import bisect_left
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -27,6 +28,7 @@ from thronos_analytics.core.store.shards import (
     idents_at,
     idents_of,
     per_shard,
+    run_script,
     summed,
 )
 
@@ -185,10 +187,11 @@ def latest_rejections(r: Redis, count: int) -> list[dict[str, Any]]:
 
 
 def record_rejections(r: Redis | None, source: str, rejections: Iterable[Rejection]) -> int:
-    """Count rejections once each (keyed by source, line and content) and stream them.
+    """Count rejections once each (keyed by source, line and content) and stream them: how
+    many were new.
 
-    The hash, which never shrinks, keeps only the reason; the raw excerpt goes to the
-    capped stream and the dead-letter file.
+    A rejection is known for the retention horizon (rejections.lua), by day, and keeps only
+    its reason there; the raw excerpt goes to the capped stream and the dead-letter file.
     """
     entries = {}
     for rej in rejections:
@@ -196,17 +199,17 @@ def record_rejections(r: Redis | None, source: str, rejections: Iterable[Rejecti
         entries[f"{source}:{rej.line}:{digest}"] = rej
     if r is None or not entries:
         return 0
-    pipe = r.pipeline(transaction=False)
+    horizon = settings().retention_days
+    today = keys.day(time.time())
+    looked_in = [keys.rejected_on(day) for day in range(today, today - horizon - 1, -1)]
+    args: list[Any] = [(horizon + 1) * 86400, keys.REJECTED_STREAM_MAXLEN]
     for key, rej in entries.items():
-        pipe.hsetnx(keys.REJECTED, key, orjson.dumps({"reason": rej.reason}))
-    added = pipe.execute()
-    pipe = r.pipeline(transaction=False)
-    for rej, new in zip(entries.values(), added, strict=True):
-        if new:
-            record = orjson.dumps(rej.to_json(source))
-            pipe.xadd(keys.REJECTED_STREAM, {"r": record}, maxlen=keys.REJECTED_STREAM_MAXLEN)
-    pipe.execute()
-    return sum(map(bool, added))
+        args += [key, orjson.dumps({"reason": rej.reason}), orjson.dumps(rej.to_json(source))]
+    names = [keys.REJECTED_COUNT, keys.REJECTED_STREAM, *looked_in, keys.REJECTED_BEFORE_DAYS]
+    return int(run_script(r, _REJECTIONS, names, args))
+
+
+_REJECTIONS = (Path(__file__).parent / "rejections.lua").read_text()
 
 
 def check_layout(r: Redis) -> None:
@@ -242,12 +245,20 @@ def seen_any(r: Redis) -> bool:
     return bool(stats["seen"] or stats["late"])
 
 
+def _rejected(r: Redis) -> int:
+    pipe = r.pipeline(transaction=False)
+    pipe.get(keys.REJECTED_COUNT)
+    pipe.hlen(keys.REJECTED_BEFORE_DAYS)
+    count, before_days = pipe.execute()
+    return int(count or 0) + int(before_days)
+
+
 def counts(r: Redis) -> dict[str, int]:
     stats, pending = _stats(r)
     return {
         "interactions_seen": stats["seen"],
         "interactions_scored": stats["scored"],
-        "interactions_rejected": int(r.hlen(keys.REJECTED)),
+        "interactions_rejected": _rejected(r),
         # Rows older than the retention horizon when they came: counted, not analysed.
         "interactions_late": stats["late"],
         "anomalies": stats["anomalies"],
