@@ -50,6 +50,15 @@ def test_batches_split_by_shard_count_each_row_once(cr):
     assert len(held) == 3 and min(held.values()) > 0, held
 
 
+def test_the_window_gives_the_newest_rows_asked_for_whatever_each_shard_holds(cr):
+    rows = day_rows(0, 3000)
+    ingest(cr, rows)
+    # 16 shards hold about 1/16 of any 1,000 rows each, some more and some fewer.
+    for limit in (1000, 2999, 3000, 5000):
+        newest = sorted(rows, key=lambda row: row.ts)[-limit:]
+        assert [row.id for row in store.window_rows(cr, limit)] == [row.id for row in newest]
+
+
 def test_score_events_join_across_shards_in_any_order(cr):
     rng = random.Random(3)
     rows = v4_rows(300)

@@ -15,6 +15,7 @@ from thronos_analytics.producers.dead_letter import DeadLetter
 from thronos_analytics.producers.receipts import PROBE_ROWS
 
 CHECK_CHUNK = 5000
+AUTOTRAIN_GRACE_S = 3.0  # for the workers' first model to start, once they asked for it
 
 
 def wait_until_flagged(
@@ -61,11 +62,13 @@ def first_model(r: store.Redis, timeout: float) -> bool:
     one): whether it was trained now. Training drains the rows waiting in PENDING."""
     from thronos_analytics.workers.tasks import retrain_anomaly
 
-    # Only looked at: held while one trains, and for a minute after the workers start one.
-    training, started = store.lock(r, "anomaly", 1), store.lock(r, "autotrain", 1)
+    # Only looked at: held while one trains, and for a minute after the workers ask for one.
+    training, asked = store.lock(r, "anomaly", 1), store.lock(r, "autotrain", 1)
     deadline = time.monotonic() + timeout
+    grace = time.monotonic() + AUTOTRAIN_GRACE_S
     while not usable_model(r):
-        if not training.locked() and not started.locked():
+        # One the workers asked for takes its lock at once, unless it was skipped.
+        if not training.locked() and not (asked.locked() and time.monotonic() < grace):
             result = retrain_anomaly.apply_async(kwargs={"force": True}).get(timeout=timeout)
             if "error" in result:
                 raise RuntimeError(f"training the anomaly model failed: {result['error']}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 
@@ -45,14 +46,19 @@ def _entry_rows(fields: dict[bytes, bytes]) -> list[Row]:
 
 
 def window_rows(r: Redis, limit: int) -> list[Row]:
-    """The newest ``limit`` rows of the training window (each shard's newest share of
-    them), oldest first, with their score events joined: an event that arrived after its
-    row counts from the next read on."""
+    """The newest ``limit`` rows of the training window, oldest first, with their score
+    events joined: an event that arrived after its row counts from the next read on."""
     shards = all_shards()
-    per_shard = -(-limit // len(shards))
-    rows = [row for shard in shards for row in _window_rows_as_written(r, shard, per_shard)]
-    if len(shards) > 1:
+    if len(shards) == 1:
+        rows = _window_rows_as_written(r, shards[0], limit)
+    else:
+        # A shard holds about 1/n of the newest rows, give or take a few standard
+        # deviations: read that much of each, and keep the newest ``limit`` of them all.
+        share = limit / len(shards)
+        per_shard = math.ceil(share + 5 * math.sqrt(share)) if limit > 0 else 0
+        rows = [row for shard in shards for row in _window_rows_as_written(r, shard, per_shard)]
         rows.sort(key=lambda row: row.ts)
+        rows = rows[-limit:] if limit > 0 else []
     open_rows = [row for row in rows if row.score is None or not row.use_case]
     events: dict[str, bytes] = {}
     for i in range(0, len(open_rows), CHECK_CHUNK):
