@@ -56,6 +56,8 @@ FLAG_STREAM_FLAGS = 20_000
 FLAG_STREAM_MIN_BATCHES = 2
 ANOMALIES_MAXLEN = 10_000  # per shard
 REJECTED_STREAM_MAXLEN = 10_000
+# A message's receipt outlives the wait for it: past that its producer looks its rows up.
+RECEIPT_TTL_S = 600
 
 # Bumped when what a key holds changes shape: a process refuses a state of another layout.
 # 2: one aggregate record per session (and day) and wallet, not one hash per measure.
@@ -177,6 +179,11 @@ def model_failure(name: str) -> str:
 
 def lock(name: str) -> str:
     return f"{CONTROL}lock:{name}"
+
+
+def receipt(message: str) -> str:
+    """STRING: a worker applied that scoring message whole (store.received); expires."""
+    return f"{CONTROL}receipt:{message}"
 
 
 def rejected_on(day: int) -> str:

@@ -98,16 +98,22 @@ def _sender(config: Settings) -> Celery:
     return app
 
 
-def send_batch(entries: Sequence[Entry]) -> None:
-    """Publish one scoring task for ``entries`` (rows and score events); raises if the
-    broker cannot take it."""
+# A worker writes a receipt for a message of at least this many rows and events (a
+# backfill's), which its producer looks up rather than each row: a live message's few rows
+# cost less to look up than a receipt per message would keep.
+RECEIPT_ROWS = 1000
+
+
+def send_batch(entries: Sequence[Entry]) -> str | None:
+    """Publish one scoring task for ``entries`` (rows and score events): its id, which a
+    receipt for it names (``RECEIPT_ROWS``). Raises if the broker cannot take it."""
     if not entries:
-        return
+        return None
     rows = [e.to_wire() for e in entries if type(e) is Row]
     events = [e.to_wire() for e in entries if type(e) is not Row]
     # A short argsrepr for Flower and events: Celery's own walks the whole batch.
     argsrepr = f"[<{len(rows)} rows, {len(events)} score events, first {entries[0].id}>]"
-    _sender(settings()).send_task(
+    sent = _sender(settings()).send_task(
         SCORE_BATCH,
         args=[rows],
         # Only when there are events: a worker of the last release reads the rest.
@@ -115,6 +121,7 @@ def send_batch(entries: Sequence[Entry]) -> None:
         argsrepr=argsrepr,
         retry=False,
     )
+    return sent.id
 
 
 def queue_depths(config: Settings) -> dict[str, int]:

@@ -34,12 +34,12 @@ class Replay:
 
 def backfill(
     path: Path,
-    send: Callable[[Sequence[Entry]], None],
+    send: Callable[[Sequence[Entry]], str | None],
     reject: Callable[[Sequence[Rejection]], None],
     batch_size: int = BACKFILL_BATCH,
     confirm_with: store.Redis | None = None,
     timeout: float = 1800,
-    pause: tuple[int, Callable[[], None]] | None = None,
+    pause: tuple[int, Callable[[], object]] | None = None,
 ) -> Replay:
     """Send every valid row of ``path`` and reject the rest. With ``confirm_with``, wait
     (up to ``timeout`` seconds) until that Redis has seen every row. With ``pause`` (n,
@@ -64,9 +64,9 @@ def backfill(
         task = progress.add_task(f"replaying {path}", total=Path(path).stat().st_size)
         for batch in read_batches(f, Position(), batch_size):
             entries = batch.entries
-            send(entries)
+            message = send(entries)
             if receipts is not None:
-                receipts.add(entries)
+                receipts.add(entries, message)
                 receipts.wait(below=MAX_WAITING_ROWS, timeout=timeout)
             reject(batch.rejections)
             replay.ids.update((row.id, row.ts) for row in batch.rows)

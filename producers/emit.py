@@ -27,7 +27,7 @@ class Outbox:
 
     def __init__(
         self,
-        send: Callable[[Sequence[Row]], None] = send_batch,
+        send: Callable[[Sequence[Row]], object] = send_batch,
         batch_size: int = 500,
         linger_ms: float = 5.0,
         max_rows: int = 100_000,

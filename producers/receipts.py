@@ -4,8 +4,10 @@ Score events are sent and confirmed alike, against ``thronos:join:events``.
 
 kombu's Redis transport pops a message before it records it as unacknowledged. A message
 is gone if Redis stops, or the worker fetching it is killed, between the two. So a
-producer keeps what it sent until ``thronos:seen`` holds every row, and sends the missing
-rows again; scoring ignores a row it has already seen, so a resend costs only work.
+producer keeps what it sent until Redis has counted every row, and sends the missing rows
+again; scoring ignores a row it has already seen, so a resend costs only work. A worker
+that applied a big message whole says so in a receipt (``RECEIPT_ROWS``): its rows need
+no looking up, which cost a quarter of a backfill producer's CPU.
 
 Missing rows are sent again
 - at the next check after a failed send or a restart of Redis (its ``run_id`` changed);
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 
 from thronos_analytics.core import store
 from thronos_analytics.core.contract import Entry
-from thronos_analytics.core.messages import SCORING, is_amqp, queue_depths
+from thronos_analytics.core.messages import RECEIPT_ROWS, SCORING, is_amqp, queue_depths
 from thronos_analytics.core.settings import Settings, settings
 
 log = logging.getLogger(__name__)
@@ -40,13 +42,14 @@ PROBE_ROWS = 16  # rows of a batch looked up before all of them
 class Sent:
     rows: list[Entry]
     at: float
+    message: str | None  # its id, if a receipt will name it (RECEIPT_ROWS)
 
 
 class Receipts:
     def __init__(
         self,
         redis: store.Redis,
-        send: Callable[[Sequence[Entry]], None],
+        send: Callable[[Sequence[Entry]], str | None],
         config: Settings | None = None,
     ) -> None:
         self.redis = redis
@@ -59,9 +62,10 @@ class Receipts:
         self.outage = False
         self.last_check = -float("inf")
 
-    def add(self, rows: Sequence[Entry]) -> None:
+    def add(self, rows: Sequence[Entry], message: str | None = None) -> None:
+        """Wait for ``rows``, sent as the message ``message`` (what the send returned)."""
         if rows:
-            self.sent.append(Sent(list(rows), time.monotonic()))
+            self.sent.append(Sent(list(rows), time.monotonic(), _receipted(rows, message)))
             self.waiting += len(rows)
 
     def forget(self) -> None:
@@ -114,8 +118,14 @@ class Receipts:
             time.sleep(poll)
 
     def _drop_seen(self) -> None:
-        """Forget the rows Redis has seen, oldest batch first, up to one it has not seen
-        whole: batches are scored about in the order sent, so that is where to stop."""
+        """Forget the batches whose message a worker applied whole (its receipt), then the
+        rows Redis has seen, oldest batch first, up to one it has not seen whole: batches
+        are scored about in the order sent, so that is where to stop."""
+        applied = store.received(self.redis, [s.message for s in self.sent])
+        if any(applied):
+            done_rows = (len(s.rows) for s, done in zip(self.sent, applied, strict=True) if done)
+            self.waiting -= sum(done_rows)
+            self.sent = deque(s for s, done in zip(self.sent, applied, strict=True) if not done)
         while self.sent:
             head = self.sent[0]
             # A few rows spread over the batch first: while one is missing, so is the batch,
@@ -138,10 +148,15 @@ class Receipts:
             self.waiting -= len(sent.rows) - len(missing)
             sent.rows, sent.at = missing, now
             if missing:
-                self.send(missing)
+                sent.message = _receipted(missing, self.send(missing))
                 resent += len(missing)
         self.sent = deque(s for s in self.sent if s.rows)
         return resent
 
     def _missing(self, sent: Sent) -> list[Entry]:
         return store.unseen(self.redis, sent.rows) if sent.rows else []
+
+
+def _receipted(rows: Sequence[Entry], message: str | None) -> str | None:
+    """The id a receipt for the message of ``rows`` will name, if a worker writes one."""
+    return message if len(rows) >= RECEIPT_ROWS else None

@@ -112,7 +112,7 @@ class TailProducer:
     def __init__(
         self,
         ledger: Path,
-        send: Callable[[Sequence[Entry]], None],
+        send: Callable[[Sequence[Entry]], str | None],
         reject: Callable[[Sequence[Rejection]], None],
         batch_size: int = 500,
         checkpoint: Path | None = None,
@@ -178,9 +178,9 @@ class TailProducer:
         moved = False
         for batch in read_batches(self.file, self.position, self.batch_size):
             entries = batch.entries
-            self.send(entries)
+            message = self.send(entries)
             if self.receipts is not None:
-                self.receipts.add(entries)
+                self.receipts.add(entries, message)
             self.reject(batch.rejections)
             self._move(batch.end)
             self.sent += len(batch.rows)

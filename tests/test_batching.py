@@ -21,7 +21,7 @@ import redis
 from thronos_analytics.analytics.simulate import SimConfig, write
 from thronos_analytics.core import keys, store
 from thronos_analytics.core.contract import Row, parse_line
-from thronos_analytics.core.messages import SCORING, TRAINING, send_batch
+from thronos_analytics.core.messages import RECEIPT_ROWS, SCORING, TRAINING, send_batch
 from thronos_analytics.core.store.shards import all_shards
 from thronos_analytics.producers import receipts as receipts_module
 from thronos_analytics.producers.backfill import backfill
@@ -332,6 +332,32 @@ def test_backfill_ends_only_when_every_row_arrived_even_a_lost_batch(
     assert replay.ids == {row.id: row.ts for row in rows}
     assert store.unseen(r, rows) == []  # Redis has every row once backfill returns
     assert len(calls) == 5 and calls[4] == calls[1]  # four batches, then the lost one again
+    wait_for_flags(r, len(scoring_with_model) + len(rows))
+    assert_each_flagged_once(r, scoring_with_model, rows)
+
+
+def test_backfill_takes_a_receipt_for_a_big_batch_and_looks_up_the_rows_of_a_lost_one(
+    r, scoring_with_model, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(receipts_module, "RESEND_AFTER_S", 0.5)
+    ledger = tmp_path / "ledger.jsonl"
+    ledger.write_bytes(b"".join(line + b"\n" for line in simulated_lines(tmp_path, 3000, 32)))
+    sent: list[tuple[int, str | None]] = []
+
+    def lossy(batch: Sequence[Row]) -> str | None:
+        # The second is published, then lost: it has an id, and no worker will see it.
+        message = f"lost-{len(sent)}" if len(sent) == 1 else send_batch(batch)
+        sent.append((len(batch), message))
+        return message
+
+    replay = backfill(
+        ledger, lossy, lambda _: None, batch_size=RECEIPT_ROWS, confirm_with=r, timeout=60
+    )
+    rows = ledger_rows(ledger)
+    assert replay.ids == {row.id: row.ts for row in rows}
+    assert store.unseen(r, rows) == []
+    assert [n for n, _ in sent] == [RECEIPT_ROWS] * 3 + [RECEIPT_ROWS]  # the lost one again
+    assert store.received(r, [m for _, m in sent]) == [True, False, True, True]
     wait_for_flags(r, len(scoring_with_model) + len(rows))
     assert_each_flagged_once(r, scoring_with_model, rows)
 

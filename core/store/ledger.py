@@ -313,8 +313,22 @@ def anomalies(r: Redis) -> list[dict[str, Any]]:
     return [orjson.loads(fields[b"a"]) for _, fields in entries[-keys.ANOMALIES_MAXLEN :]]
 
 
-def count_worker_rows(r: Redis, worker: str, n: int) -> None:
-    r.hincrby(keys.WORKER_ROWS, worker, n)
+def count_worker_rows(r: Redis, worker: str, n: int, receipt: str | None = None) -> None:
+    """Count the rows a worker handled; with ``receipt``, the id of the message they came
+    in, record that every one of them was applied (:func:`received`)."""
+    pipe = r.pipeline(transaction=False)
+    pipe.hincrby(keys.WORKER_ROWS, worker, n)
+    if receipt is not None:
+        pipe.set(keys.receipt(receipt), 1, ex=keys.RECEIPT_TTL_S)
+    pipe.execute()
+
+
+def received(r: Redis, messages: Sequence[str | None]) -> list[bool]:
+    """Whether a worker applied each message whole, by its receipt; False for None and for
+    a receipt that expired or was never written (the rows may still be there: unseen())."""
+    asked = [m for m in messages if m is not None]
+    held = iter(r.mget([keys.receipt(m) for m in asked]) if asked else [])
+    return [m is not None and next(held) is not None for m in messages]
 
 
 def first_in(r: Redis, name: str, seconds: float) -> bool:
