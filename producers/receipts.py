@@ -36,6 +36,9 @@ RESEND_AFTER_S = 10.0
 # At most this many rows wait for their receipt: past that a producer waits for Redis.
 MAX_WAITING_ROWS = 100_000
 PROBE_ROWS = 16  # rows of a batch looked up before all of them
+# A worker writes a message's receipt just after its rows: its rows are looked up only if
+# none came this long after they were found in (the worker died in between).
+RECEIPT_WAIT_S = 2.0
 
 
 @dataclass
@@ -43,6 +46,7 @@ class Sent:
     rows: list[Entry]
     at: float
     message: str | None  # its id, if a receipt will name it (RECEIPT_ROWS)
+    seen_at: float | None = None  # when its rows were first found in, for a receipt
 
 
 class Receipts:
@@ -133,6 +137,10 @@ class Receipts:
             step = len(head.rows) // PROBE_ROWS
             if step > 1 and store.unseen(self.redis, head.rows[::step]):
                 return
+            if head.message is not None:
+                head.seen_at = head.seen_at or time.monotonic()
+                if time.monotonic() - head.seen_at < RECEIPT_WAIT_S:
+                    return
             missing = self._missing(head)
             self.waiting -= len(head.rows) - len(missing)
             head.rows = missing

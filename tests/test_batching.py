@@ -362,6 +362,22 @@ def test_backfill_takes_a_receipt_for_a_big_batch_and_looks_up_the_rows_of_a_los
     assert_each_flagged_once(r, scoring_with_model, rows)
 
 
+def test_rows_applied_by_a_worker_that_died_before_its_receipt_are_looked_up(
+    r, env, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(receipts_module, "RECEIPT_WAIT_S", 0.3)
+    rows = simulated_rows(tmp_path, RECEIPT_ROWS, seed=33)
+    sent: list[int] = []
+    receipts = Receipts(r, lambda batch: sent.append(len(batch)))
+    receipts.add(rows, "applied-without-a-receipt")
+    store.apply_batch(r, rows, None)  # the worker's script ran; its receipt never came
+    receipts.check(every=0)
+    assert receipts.waiting == len(rows)  # its rows are in: its receipt is awaited a moment
+    time.sleep(0.3)
+    receipts.check(every=0)
+    assert receipts.waiting == 0 and sent == []  # looked up, found, not sent again
+
+
 def tail_once(ledger: Path, r) -> list[str]:
     """Start a tail producer on ``ledger`` (its checkpoint as left), let it catch up, stop;
     the ids it sent."""
