@@ -120,6 +120,9 @@ def send_batch(entries: Sequence[Entry]) -> str | None:
         kwargs={"events": events} if events else None,
         argsrepr=argsrepr,
         retry=False,
+        # Nothing reads a scoring task's result. Without this Celery's result consumer
+        # subscribes to each one, and while Redis is away it retries for 20 s per send.
+        ignore_result=True,
     )
     return sent.id
 

@@ -144,6 +144,26 @@ def test_redis_restart_mid_stream_loses_nothing_and_everyone_reconnects(
     assert_scored_exactly_once(r, rows)
 
 
+def test_a_send_while_redis_is_down_fails_at_once_and_the_next_one_goes(env, r, redis_server):
+    from thronos_analytics.core.contract import Row
+
+    row = Row("o1", 1.79e9, "gpt", None, None, None, None, None, None, None, None, True)
+    send_batch([row])  # a producer that has sent before
+    redis_server.stop()
+    try:
+        for i in range(3):  # as the Outbox retries
+            started = time.monotonic()
+            with pytest.raises(Exception):  # noqa: B017 (whatever kombu raises)
+                send_batch([row._replace(id="o2")])
+            # kombu tries the broker for ~6 s; Celery's result consumer, which a producer
+            # has no use for, would add 20 s of its own from the second send on.
+            assert time.monotonic() - started < 12, f"send {i} during the outage"
+    finally:
+        redis_server.start()
+    wait_for(lambda: send_batch([row._replace(id="o3")]), timeout=30, what="a send")
+    assert r.llen(SCORING) == 2
+
+
 def test_redis_down_30s_while_recording(env, r, workers, redis_server, tmp_path):
     from thronos_analytics.producers.ai_ledger import Recorder
 
