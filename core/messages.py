@@ -104,6 +104,11 @@ def _sender(config: Settings) -> Celery:
 RECEIPT_ROWS = 1000
 
 
+def takes_receipt(entries: int) -> bool:
+    """Whether a worker writes a receipt for a message of this many rows and events."""
+    return entries >= RECEIPT_ROWS
+
+
 def send_batch(entries: Sequence[Entry]) -> str | None:
     """Publish one scoring task for ``entries`` (rows and score events): its id, which a
     receipt for it names (``RECEIPT_ROWS``). Raises if the broker cannot take it."""

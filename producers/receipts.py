@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from thronos_analytics.core import store
 from thronos_analytics.core.contract import Entry
-from thronos_analytics.core.messages import RECEIPT_ROWS, SCORING, is_amqp, queue_depths
+from thronos_analytics.core.messages import SCORING, is_amqp, queue_depths, takes_receipt
 from thronos_analytics.core.settings import Settings, settings
 
 log = logging.getLogger(__name__)
@@ -167,4 +167,4 @@ class Receipts:
 
 def _receipted(rows: Sequence[Entry], message: str | None) -> str | None:
     """The id a receipt for the message of ``rows`` will name, if a worker writes one."""
-    return message if len(rows) >= RECEIPT_ROWS else None
+    return message if takes_receipt(len(rows)) else None

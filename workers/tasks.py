@@ -16,7 +16,7 @@ from celery import chord
 from celery.signals import worker_init, worker_process_init
 
 from thronos_analytics.core import store
-from thronos_analytics.core.messages import RECEIPT_ROWS, TRAINING
+from thronos_analytics.core.messages import TRAINING, takes_receipt
 from thronos_analytics.core.settings import settings
 from thronos_analytics.workers import registry, scoring
 from thronos_analytics.workers.celery_app import app
@@ -45,7 +45,7 @@ def _load_model(**_: Any) -> None:
 def score_batch(self: Any, rows: list[Any], events: list[Any] | None = None) -> dict[str, Any]:
     r = store.connect()
     result = scoring.score_batch(r, rows, events)
-    receipt = self.request.id if len(rows) + len(events or ()) >= RECEIPT_ROWS else None
+    receipt = self.request.id if takes_receipt(len(rows) + len(events or ())) else None
     store.count_worker_rows(r, self.request.hostname or "unknown", len(rows), receipt)
     # Enough rows to train the first model: trigger it, once a minute at most.
     if (
