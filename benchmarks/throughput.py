@@ -974,11 +974,11 @@ def main(argv: list[str] | None = None) -> int:
         args.cluster = True
     results = run(args)
     results["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    if args.json:  # first: the figures outlive a report that fails
+        args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     if not args.only:
         write_report(args.out, report(results))
         log(f"wrote {args.out}")
-    if args.json:
-        args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
     return 0
 

@@ -1,7 +1,7 @@
 """The Redis key space. Every key the project reads or writes is named here and nowhere else.
 
-The state is split in **shards**: one on a single Redis, ``CLUSTER_SHARDS`` on a Redis
-Cluster. An interaction belongs to the shard of its id's 64-bit hash (:func:`ident`), and
+The state is split in **shards**: one on a single Redis, ``THRONOS_CLUSTER_SHARDS`` on a
+Redis Cluster. An interaction belongs to the shard of its id's 64-bit hash (:func:`ident`), and
 so do its score events, which name it by id. A shard's keys carry one hash tag, so each
 shard lives in one cluster slot and a batch is one Lua call per shard. The control keys
 (models, locks, the export, warnings, rejected lines) share another slot.
@@ -64,13 +64,8 @@ RECEIPT_TTL_S = 600
 LAYOUT_VERSION = 2
 
 # --- shards ---------------------------------------------------------------------------
-CLUSTER_SHARDS = 16
 BUCKETS = 1024  # per day, over all shards: ~100 rows each at 100k rows a day
 _SLOTS = 16384
-
-
-def shards(cluster: bool) -> int:
-    return CLUSTER_SHARDS if cluster else 1
 
 
 @cache

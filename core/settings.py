@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     redis_url: str | None = _env("REDIS_URL")
     # REDIS_URL names any node of a Redis Cluster; the state is then sharded over its slots.
     redis_cluster: bool = _env("THRONOS_REDIS_CLUSTER", False)
+    # Shards of the state on a cluster, fixed when the state is created: one per master
+    # spreads the writes. Each shard costs a script call per batch and its own part of
+    # every session's and wallet's sums, so more shards than masters only cost.
+    cluster_shards: int = _env("THRONOS_CLUSTER_SHARDS", 3, ge=1, le=64)
     broker_url: str | None = _env("CELERY_BROKER_URL")
     anomaly_level: float = _env("THRONOS_ANOMALY_LEVEL", 2.0, gt=0)
     min_train_rows: int = _env("THRONOS_MIN_TRAIN_ROWS", 1000, ge=1)

@@ -20,6 +20,9 @@ from test_store import assert_state_matches, flags_for
 
 from thronos_analytics.analytics.simulate import SimConfig, write
 from thronos_analytics.core import store
+from thronos_analytics.core.settings import settings
+from thronos_analytics.core.store.shards import all_shards
+from thronos_analytics.core.store.status import read_status
 
 from recount import assert_aggregates_match_ledger, assert_published_once, ledger_rows
 
@@ -36,7 +39,20 @@ def cr(env, r, cluster_env):
     return client
 
 
-def test_batches_split_by_shard_count_each_row_once(cr):
+@pytest.fixture(params=["3", "16"], ids=lambda n: f"{n} shards")
+def sharded(request, monkeypatch, cr):
+    """``cr`` with the state in 3 shards (the default: one per master) or 16 (several on
+    each master, and shards of uneven slots)."""
+    from thronos_analytics.core.settings import use_settings
+
+    monkeypatch.setenv("THRONOS_CLUSTER_SHARDS", request.param)
+    use_settings(None)
+    assert len(all_shards()) == int(request.param)
+    return cr
+
+
+def test_batches_split_by_shard_count_each_row_once(sharded):
+    cr = sharded
     ledger_rows_ = day_rows(0, 1200) + day_rows(1, 300)
     first, second = ledger_rows_[:600], ledger_rows_[400:1500]
     assert store.apply_batch(cr, first + first[:50], flags_for(first + first[:50])) == (600, 600)
@@ -45,15 +61,28 @@ def test_batches_split_by_shard_count_each_row_once(cr):
     assert_state_matches(cr, ledger_rows_)
     assert_published_once(cr, ledger_rows_)
     assert {row.id for row in store.window_rows(cr, 5000)} == {row.id for row in ledger_rows_}
-    # The shards spread over every node.
+    # The shards spread over every node, and status says so.
     held = {node.name: node.redis_connection.dbsize() for node in cr.get_primaries()}
     assert len(held) == 3 and min(held.values()) > 0, held
+    memory = read_status(cr, settings(), ())["redis_memory"]
+    assert (memory["nodes"], memory["nodes_without_shard"]) == (3, 0)
 
 
-def test_the_window_gives_the_newest_rows_asked_for_whatever_each_shard_holds(cr):
+def test_status_names_masters_that_hold_no_shard(monkeypatch, cr):
+    from thronos_analytics.core.settings import use_settings
+
+    monkeypatch.setenv("THRONOS_CLUSTER_SHARDS", "2")
+    use_settings(None)
+    ingest(cr, day_rows(0, 50))
+    memory = read_status(cr, settings(), ())["redis_memory"]
+    assert (memory["nodes"], memory["shards"], memory["nodes_without_shard"]) == (3, 2, 1)
+
+
+def test_the_window_gives_the_newest_rows_asked_for_whatever_each_shard_holds(sharded):
+    cr = sharded
     rows = day_rows(0, 3000)
     ingest(cr, rows)
-    # 16 shards hold about 1/16 of any 1,000 rows each, some more and some fewer.
+    # n shards hold about 1/n of any 1,000 rows each, some more and some fewer.
     for limit in (1000, 2999, 3000, 5000):
         newest = sorted(rows, key=lambda row: row.ts)[-limit:]
         assert [row.id for row in store.window_rows(cr, limit)] == [row.id for row in newest]

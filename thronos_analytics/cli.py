@@ -587,6 +587,10 @@ def _memory_text(memory: dict[str, Any]) -> tuple[str, str]:
     used = f"{memory['used_bytes'] / 2**20:,.1f} MiB"
     if memory["max_bytes"]:
         used += f" of {memory['max_bytes'] / 2**20:,.0f} MiB"
+    if memory["nodes"] > 1:
+        used += f" on {memory['nodes']} nodes, {memory['shards']} shards"
+        if memory["nodes_without_shard"]:
+            used += f" ({memory['nodes_without_shard']} hold none: THRONOS_CLUSTER_SHARDS)"
     per_row = memory["bytes_per_interaction"]
     return used, (f"{per_row:,} B per interaction" if per_row is not None else "")
 

@@ -221,7 +221,8 @@ def check_layout(r: Redis) -> None:
     if held != layout:
         raise RuntimeError(
             f"this Redis holds state written with {held}, and this process uses {layout}:"
-            " set THRONOS_REDIS_CLUSTER as it was, or start from an empty state"
+            " set THRONOS_REDIS_CLUSTER and THRONOS_CLUSTER_SHARDS as they were, or start"
+            " from an empty state"
             " (ops/RUNBOOK.md, Upgrade)"
         )
 

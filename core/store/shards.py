@@ -40,7 +40,8 @@ def _shards(n: int) -> tuple[Shard, ...]:
 
 
 def all_shards() -> tuple[Shard, ...]:
-    return _shards(keys.shards(settings().redis_cluster))
+    config = settings()
+    return _shards(config.cluster_shards if config.redis_cluster else 1)
 
 
 class Ident(NamedTuple):

@@ -17,7 +17,7 @@ from thronos_analytics.core.settings import Settings
 from thronos_analytics.core.store.connection import Redis
 from thronos_analytics.core.store.ledger import LAG_BUCKETS, counts, dropped_fields, last_export
 from thronos_analytics.core.store.models import model_info
-from thronos_analytics.core.store.shards import entry_order, per_shard, summed
+from thronos_analytics.core.store.shards import all_shards, entry_order, per_shard, summed
 
 # How many of the latest scored batches the "recent" anomaly rate is taken over.
 RATE_SAMPLE_BATCHES = 20
@@ -143,14 +143,22 @@ def _lag_summary(raw: dict[str, float]) -> dict[str, Any]:
 
 def _memory(r: Redis, seen: int) -> dict[str, Any]:
     """Redis's memory, and what it comes to per interaction counted (all state included)."""
+    shards = all_shards()
     if hasattr(r, "get_primaries"):  # a cluster: the state is on all of its primaries
-        nodes = list(r.info("memory", target_nodes=r.get_primaries()).values())
+        primaries = r.get_primaries()
+        nodes = list(r.info("memory", target_nodes=primaries).values())
+        holding = {r.get_node_from_key(shard.prefix).name for shard in shards}
+        without_shard = sum(node.name not in holding for node in primaries)
     else:
-        nodes = [r.info("memory")]
+        nodes, without_shard = [r.info("memory")], 0
     used = sum(int(node["used_memory"]) for node in nodes)
     limit = sum(int(node.get("maxmemory") or 0) for node in nodes)
     return {
         "used_bytes": used,
         "max_bytes": limit or None,
         "bytes_per_interaction": round(used / seen) if seen else None,
+        "nodes": len(nodes),
+        "shards": len(shards),
+        # Primaries no shard's slot is on: they hold none of the state (THRONOS_CLUSTER_SHARDS).
+        "nodes_without_shard": without_shard,
     }
