@@ -88,6 +88,30 @@ def test_the_window_gives_the_newest_rows_asked_for_whatever_each_shard_holds(sh
         assert [row.id for row in store.window_rows(cr, limit)] == [row.id for row in newest]
 
 
+def test_a_state_of_other_shards_is_refused_in_one_line_and_kept_with_its_count(
+    monkeypatch, env, cluster_env, cr
+):
+    from test_cli_errors import assert_one_line, cli
+
+    from thronos_analytics.core.settings import use_settings
+
+    monkeypatch.setenv("THRONOS_CLUSTER_SHARDS", "16")
+    use_settings(None)
+    rows = day_rows(0, 200)
+    store.check_layout(cr)  # as every writer does first: the state records its layout
+    ingest(cr, rows)
+    # The default, 3 shards, would misread the 16 shards' keys: refused before any write,
+    # by a command and by a worker.
+    default = {k: v for k, v in {**env, **cluster_env}.items() if k != "THRONOS_CLUSTER_SHARDS"}
+    for args in (["status"], ["worker", "--queues", "scoring"]):
+        err = assert_one_line(cli(default, *args), "shards=16", "THRONOS_CLUSTER_SHARDS")
+        assert "shards=3" in err
+    assert store.counts(cr)["interactions_seen"] == len(rows)
+    kept = cli({**default, "THRONOS_CLUSTER_SHARDS": "16"}, "status", "--json")
+    assert kept.returncode == 0, kept.stderr.decode()[-2000:]
+    assert orjson.loads(kept.stdout)["interactions_seen"] == len(rows)
+
+
 def test_score_events_join_across_shards_in_any_order(cr):
     rng = random.Random(3)
     rows = v4_rows(300)

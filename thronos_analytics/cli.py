@@ -197,6 +197,17 @@ def _connect() -> Any:
     return r
 
 
+def _refuse_another_layout(url: str) -> None:
+    """A worker must not write a state of another layout (``store.check_layout``); a Redis
+    that is not up yet is Celery's to wait for."""
+    import redis
+
+    from thronos_analytics.core import store
+
+    with contextlib.suppress(redis.RedisError):
+        store.check_layout(store.connect(url))
+
+
 def _publish_quickly() -> None:
     """In a process that sends tasks, a broker or result store that is down fails the send
     in seconds, rather than after Celery's 20 reconnects (the caller retries, or says so)."""
@@ -1046,7 +1057,7 @@ def worker(
     from thronos_analytics.stack import worker_command
 
     _check_cluster()
-    _use_stack()
+    _refuse_another_layout(_use_stack())
     command = worker_command(name, queues, concurrency, "INFO") + list(ctx.args)
     os.execv(command[0], command)
 
