@@ -1,10 +1,10 @@
 """The Redis key space. Every key the project reads or writes is named here and nowhere else.
 
 The state is split in **shards**: one on a single Redis, ``THRONOS_CLUSTER_SHARDS`` on a
-Redis Cluster. An interaction belongs to the shard of its id's 64-bit hash (:func:`ident`), and
-so do its score events, which name it by id. A shard's keys carry one hash tag, so each
-shard lives in one cluster slot and a batch is one Lua call per shard. The control keys
-(models, locks, the export, warnings, rejected lines) share another slot.
+Redis Cluster. An interaction belongs to the shard of its id's 64-bit hash
+(:func:`ident`), and so do its score events, which name it by id. A shard's keys carry one
+hash tag, so each shard lives in one cluster slot and a batch is one Lua call per shard.
+The control keys (models, locks, the export, warnings, rejected lines) share another slot.
 
 Inside a shard, what grows with the ledger is kept per **day** of ledger time (the row's
 ``ts``), in ``BUCKETS`` small hashes or sets per day and shard, so Redis keeps them in

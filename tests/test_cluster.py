@@ -20,7 +20,7 @@ from test_store import assert_state_matches, flags_for
 
 from thronos_analytics.analytics.simulate import SimConfig, write
 from thronos_analytics.core import store
-from thronos_analytics.core.settings import settings
+from thronos_analytics.core.settings import settings, use_settings
 from thronos_analytics.core.store.shards import all_shards
 from thronos_analytics.core.store.status import read_status
 
@@ -43,8 +43,6 @@ def cr(env, r, cluster_env):
 def sharded(request, monkeypatch, cr):
     """``cr`` with the state in 3 shards (the default: one per master) or 16 (several on
     each master, and shards of uneven slots)."""
-    from thronos_analytics.core.settings import use_settings
-
     monkeypatch.setenv("THRONOS_CLUSTER_SHARDS", request.param)
     use_settings(None)
     assert len(all_shards()) == int(request.param)
@@ -69,8 +67,6 @@ def test_batches_split_by_shard_count_each_row_once(sharded):
 
 
 def test_status_names_masters_that_hold_no_shard(monkeypatch, cr):
-    from thronos_analytics.core.settings import use_settings
-
     monkeypatch.setenv("THRONOS_CLUSTER_SHARDS", "2")
     use_settings(None)
     ingest(cr, day_rows(0, 50))
@@ -92,8 +88,6 @@ def test_a_state_of_other_shards_is_refused_in_one_line_and_kept_with_its_count(
     monkeypatch, env, cluster_env, cr
 ):
     from test_cli_errors import assert_one_line, cli
-
-    from thronos_analytics.core.settings import use_settings
 
     monkeypatch.setenv("THRONOS_CLUSTER_SHARDS", "16")
     use_settings(None)
