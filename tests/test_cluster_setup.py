@@ -162,6 +162,34 @@ def test_a_cluster_without_a_broker_of_its_own_is_one_line(
     assert not (tmp_path / "data" / "stack.json").exists()
 
 
+@pytest.mark.parametrize("cluster", ["0", "1"], ids=["one node", "cluster"])
+def test_a_worker_started_before_its_redis_is_up_waits_for_it(
+    cluster: str, env: dict, redis_server
+):
+    """The worker checks the state's layout when it can reach it, and otherwise starts all
+    the same: Celery waits for Redis, as it did before that check."""
+    values = {
+        **env,
+        "THRONOS_REDIS_CLUSTER": cluster,
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        # A database of its own: this worker must take no other test's messages.
+        "CELERY_BROKER_URL": redis_server.url.rsplit("/", 1)[0] + "/14",
+    }
+    worker = subprocess.Popen(
+        [*CLI, "worker", "--queues", "scoring", "--concurrency", "1"],
+        env=values,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            worker.wait(timeout=8)
+    finally:
+        worker.terminate()
+        _, err = worker.communicate(timeout=30)
+    assert b"cannot reach Redis" not in err, err.decode()[-2000:]
+
+
 def test_a_cluster_without_redis_url_is_one_line(env: dict, tmp_path: Path):
     values = {k: v for k, v in env.items() if k not in ("REDIS_URL", "CELERY_BROKER_URL")}
     values["THRONOS_REDIS_CLUSTER"] = "1"

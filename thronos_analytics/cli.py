@@ -197,17 +197,6 @@ def _connect() -> Any:
     return r
 
 
-def _refuse_another_layout(url: str) -> None:
-    """A worker must not write a state of another layout (``store.check_layout``); a Redis
-    that is not up yet is Celery's to wait for."""
-    import redis
-
-    from thronos_analytics.core import store
-
-    with contextlib.suppress(redis.RedisError):
-        store.check_layout(store.connect(url))
-
-
 def _publish_quickly() -> None:
     """In a process that sends tasks, a broker or result store that is down fails the send
     in seconds, rather than after Celery's 20 reconnects (the caller retries, or says so)."""
@@ -1054,10 +1043,14 @@ def worker(
     name: Annotated[str, typer.Option(help="worker name")] = "worker",
 ) -> None:
     """A Celery worker (extra arguments go to `celery worker`)."""
+    import redis
+
     from thronos_analytics.stack import worker_command
 
     _check_cluster()
-    _refuse_another_layout(_use_stack())
+    # A state of another layout is refused; a Redis or cluster not up yet, Celery waits for.
+    with contextlib.suppress(redis.RedisError, redis.exceptions.RedisClusterException):
+        _connect()
     command = worker_command(name, queues, concurrency, "INFO") + list(ctx.args)
     os.execv(command[0], command)
 
