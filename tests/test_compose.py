@@ -468,6 +468,14 @@ def test_dockerfile_runs_as_a_non_root_user_with_the_lock():
     assert re.search(r"pip install --no-cache-dir -c requirements\.lock \.", text)
 
 
+def test_the_wheel_stage_copies_every_package_folder():
+    folders = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-dir"
+    ].values()
+    copied = re.findall(r"^COPY (\S+) \./\S+$", (ROOT / "Dockerfile").read_text(), re.M)
+    assert {folder.split("/")[0] for folder in folders} <= set(copied)
+
+
 def locked() -> dict[str, str]:
     pins: dict[str, str] = {}
     for line in (ROOT / "requirements.lock").read_text().splitlines():
