@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run drain build test lint bench clean
 
-# setup.py and the .pyx: the editable install compiles the scoring kernels; edits rebuild them.
+# The editable install compiles what setup.py compiles; edits of setup.py or the .pyx rebuild.
 # The runtime dependencies are the versions requirements.lock pins, as in the image.
 $(STAMP): pyproject.toml requirements.lock setup.py analytics/_kernels.pyx
 	$(PYTHON) -m venv $(VENV)
