@@ -196,7 +196,16 @@ def test_redis_down_30s_while_recording(env, r, workers, redis_server, tmp_path)
     assert len((tmp_path / "ai_ledger.jsonl").read_bytes().splitlines()) == 1200 + len(during)
     assert recorder.outbox.flush(120)
     rows = before + during
-    wait_for(lambda: scored(r) == len(rows), timeout=120, what="every row scored")
+
+    def state() -> str:  # which side stalled, when one does
+        counts = store.counts(r)
+        return (
+            f"every row scored: {counts['interactions_scored']} of {len(rows)} scored,"
+            f" {counts['interactions_seen']} seen, {counts['pending']} pending,"
+            f" {r.llen(SCORING)} scoring messages queued"
+        )
+
+    wait_for(lambda: scored(r) == len(rows), timeout=120, what=state)
     assert_scored_exactly_once(r, rows)
 
 
