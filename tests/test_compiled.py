@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.machinery
+import importlib.util
 import os
 import subprocess
 import sys
@@ -20,14 +21,12 @@ EXTENSION = importlib.machinery.EXTENSION_SUFFIXES[0]
 
 @pytest.mark.parametrize("name", _compiled.MODULES)
 def test_each_listed_module_runs_its_build_unless_its_source_is_newer(name):
-    module = importlib.import_module(f"{_compiled.PACKAGE}.{name}")
-    origin = Path(module.__file__ or "")
-    if origin.suffix == ".py":
-        build = [p for p in origin.parent.glob(origin.stem + ".*") if p.suffix == ".so"]
-        assert build, f"{_compiled.source_of(name)} is not compiled: `make build`"
-        assert origin.stat().st_mtime > build[0].stat().st_mtime + _compiled.SLACK_S
-    else:
-        assert origin.name.endswith(EXTENSION)
+    fullname = f"{_compiled.PACKAGE}.{name}"
+    origin = Path(importlib.import_module(fullname).__file__ or "")
+    build = origin.with_name(origin.name.split(".")[0] + EXTENSION)
+    assert build.exists(), f"{_compiled.source_of(name)} is not compiled: `make build`"
+    if origin != build:
+        assert _compiled.stale(importlib.util.spec_from_file_location(fullname, build)) == origin
 
 
 def _import_from(folder: Path) -> subprocess.CompletedProcess[str]:
