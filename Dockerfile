@@ -1,7 +1,8 @@
 # One image for every service; compose.yaml and the systemd units pick the subcommand.
 
 # Stage 0 builds the project's wheel, compiling what setup.py compiles (the scoring kernels
-# and thronos_analytics/_compiled.py's modules); the compiler stays in this stage. (Unnamed: the image's first FROM line is the runtime's base.)
+# and thronos_analytics/_compiled.py's modules); the compiler stays in this stage.
+# (Unnamed: the image's first FROM line is the runtime's base.)
 FROM python:3.11-slim
 
 RUN apt-get update \
