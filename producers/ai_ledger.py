@@ -2,8 +2,8 @@
 
 The row is on disk before the call returns. Emitting is done by a background thread, so a
 slow or absent Redis never delays or fails the AI request that records the row; rows it
-could not send are resent when Redis is back, and are in the ledger for ``backfill`` if
-the process dies first.
+could not send, and rows the broker lost on the way, are sent again when Redis is back.
+All are in the ledger for ``backfill`` if the process dies first.
 
     >>> from thronos_analytics.producers.ai_ledger import record_interaction
     >>> row = record_interaction("claude", "claude-sonnet", prompt="...", output="...",
@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from thronos_analytics.core import store
 from thronos_analytics.core.contract import Row, RowError, normalise
 from thronos_analytics.core.settings import settings
 from thronos_analytics.producers.emit import Outbox
@@ -70,6 +71,9 @@ class Recorder:
 
     def __init__(self, ledger: Path, emit: bool = True, **outbox: Any) -> None:
         self.ledger = Ledger(ledger)
+        if emit and settings().redis_url is not None:
+            # Receipts: a batch the broker loses is sent again (producers.receipts).
+            outbox.setdefault("confirm_with", store.connect())
         self.outbox = Outbox(**outbox) if emit else None
 
     def record(self, **fields: Any) -> Row:
@@ -82,6 +86,10 @@ class Recorder:
         if self.outbox is not None:
             self.outbox.put(row)
         return row
+
+    def close(self, timeout: float | None = 5.0) -> bool:
+        """Send what is queued (False if ``timeout`` ran out first) and stop the outbox."""
+        return self.outbox.close(timeout) if self.outbox is not None else True
 
 
 _default: Recorder | None = None

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 from thronos_analytics.core.messages import SCORING, TRAINING
+from thronos_analytics.producers.ai_ledger import Recorder
 from thronos_analytics.stack import RedisServer, free_port, worker_command
 
 from processes import stop_all, wait_for
@@ -32,6 +34,21 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = RedisServer(tmp_path_factory.mktemp("redis"), port=REDIS_PORT).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def recorders() -> Iterator[Callable[..., Recorder]]:
+    """Makes Recorders, and stops their outboxes after the test: one left running would
+    keep sending its unconfirmed rows into the next test's Redis."""
+    made: list[Recorder] = []
+
+    def make(*args: Any, **kwargs: Any) -> Recorder:
+        made.append(Recorder(*args, **kwargs))
+        return made[-1]
+
+    yield make
+    for recorder in made:
+        recorder.close(0)
 
 
 @pytest.fixture

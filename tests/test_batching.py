@@ -296,6 +296,33 @@ def test_tail_sends_again_the_rows_a_redis_outage_lost(r, scoring_with_model, tm
     assert_each_flagged_once(r, scoring_with_model, rows)
 
 
+def test_the_outbox_sends_again_the_rows_the_broker_lost(r, scoring_with_model, tmp_path):
+    rows = simulated_rows(tmp_path, 300, seed=33)
+    calls: list[int] = []
+
+    def lossy(batch: Sequence[Row]) -> str | None:
+        calls.append(len(batch))
+        if len(calls) == 1:
+            return None  # taken, then lost: what kombu does to a message fetched as Redis stops
+        if len(calls) == 2:
+            raise ConnectionError("Redis went away")
+        return send_batch(batch)
+
+    outbox = Outbox(lossy, batch_size=100, linger_ms=1, confirm_with=r)
+    try:
+        for row in rows[:100]:
+            outbox.put(row)
+        assert outbox.flush(10)
+        for row in rows[100:]:
+            outbox.put(row)
+        assert outbox.flush(30)
+        wait_for_flags(r, len(scoring_with_model) + len(rows))
+        assert_each_flagged_once(r, scoring_with_model, rows)
+        wait_for(lambda: outbox.unconfirmed == 0, timeout=10, what="every receipt confirmed")
+    finally:
+        outbox.close(0)
+
+
 def test_a_backlog_is_not_sent_again_but_a_batch_lost_from_an_empty_queue_is(
     r, env, tmp_path, monkeypatch
 ):

@@ -164,13 +164,11 @@ def test_a_send_while_redis_is_down_fails_at_once_and_the_next_one_goes(env, r, 
     assert r.llen(SCORING) == 2
 
 
-def test_redis_down_30s_while_recording(env, r, workers, redis_server, tmp_path):
-    from thronos_analytics.producers.ai_ledger import Recorder
-
+def test_redis_down_30s_while_recording(env, r, workers, redis_server, tmp_path, recorders):
     workers.start("scoring1", SCORING, extra_env=WORKER_ENV)
     workers.start("training", TRAINING, extra_env=WORKER_ENV)
     workers.wait_ready()
-    recorder = Recorder(tmp_path / "ai_ledger.jsonl", batch_size=100, linger_ms=5)
+    recorder = recorders(tmp_path / "ai_ledger.jsonl", batch_size=100, linger_ms=5)
     before = [
         recorder.record(provider="claude", score=0.8, wallet="w", session_id="s", id=f"a{i}")
         for i in range(1200)
@@ -207,6 +205,9 @@ def test_redis_down_30s_while_recording(env, r, workers, redis_server, tmp_path)
 
     wait_for(lambda: scored(r) == len(rows), timeout=120, what=state)
     assert_scored_exactly_once(r, rows)
+    # The outbox kept receipts: what the broker lost as Redis stopped was sent again.
+    assert recorder.outbox.receipts is not None
+    wait_for(lambda: recorder.outbox.unconfirmed == 0, timeout=10, what="every receipt")
 
 
 def test_producer_killed_mid_batch_resumes_from_its_checkpoint(env, r, workers, tmp_path):

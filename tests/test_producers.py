@@ -21,8 +21,10 @@ def queued_ids(r) -> list[str]:
     return [row_id for batch in queued_batches(r) for row_id in batch]
 
 
-def test_record_interaction_hashes_text_and_is_on_disk_before_returning(r, env, tmp_path):
-    recorder = Recorder(tmp_path / "ledger.jsonl", linger_ms=0)
+def test_record_interaction_hashes_text_and_is_on_disk_before_returning(
+    r, env, tmp_path, recorders
+):
+    recorder = recorders(tmp_path / "ledger.jsonl", linger_ms=0)
     row = recorder.record(
         provider="claude",
         model="claude-sonnet",
@@ -51,9 +53,9 @@ def test_invalid_interaction_is_refused_and_not_written(env, tmp_path):
 
 
 def test_rows_recorded_while_redis_is_down_are_emitted_when_it_returns(
-    r, env, tmp_path, redis_server
+    r, env, tmp_path, redis_server, recorders
 ):
-    recorder = Recorder(tmp_path / "ledger.jsonl", batch_size=50, linger_ms=2)
+    recorder = recorders(tmp_path / "ledger.jsonl", batch_size=50, linger_ms=2)
     redis_server.stop()
     try:
         started = time.monotonic()
