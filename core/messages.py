@@ -24,6 +24,8 @@ SCORING = "scoring"  # flags in near real time: short tasks only
 TRAINING = "training"  # retrains and the export: long tasks, never ahead of a flag
 
 QUEUES = (Queue(SCORING), Queue(TRAINING))
+# A worker exits with this code (EX_TEMPFAIL) to be started again (workers/watchdog.py).
+EX_RESTART = 75
 
 SCORE_BATCH = "thronos.score_batch"
 

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     retrain_seconds: float = _env("THRONOS_RETRAIN_SECONDS", 300.0, gt=0)
     # A message taken by a worker that died unseen is redelivered after this long.
     visibility_timeout: float = _env("THRONOS_VISIBILITY_TIMEOUT", 300.0, gt=0)
+    # A worker whose queue held messages this long while it took none exits to be started
+    # again (workers/watchdog.py); 0: never.
+    consumer_stall_s: float = _env("THRONOS_CONSUMER_STALL_S", 60.0, ge=0)
     # How ledger ratings are read (core.contract): "auto" tells by value and JSON type.
     rating_scale: Literal["auto", "0..1", "1..5"] = _env("THRONOS_RATING_SCALE", "auto")
     # The redis-server the embedded Redis runs; None: the one recorded for its data, else

@@ -24,6 +24,8 @@ import pytest
 import redis
 
 from thronos_analytics.analytics.simulate import SimConfig, write
+from thronos_analytics.core import store
+from thronos_analytics.core.messages import SCORING
 from thronos_analytics.stack import (
     REDIS_PIN_FILE,
     STATE_FILE,
@@ -38,6 +40,7 @@ from thronos_analytics.stack import (
 )
 
 from processes import stop, wait_for
+from recount import ledger_rows
 
 CLI = [sys.executable, "-m", "thronos_analytics.cli"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,8 +119,10 @@ def lock_is_free(path: Path) -> bool:
 class Run:
     """``thronos-analytics run`` in a subprocess, its output in files."""
 
-    def __init__(self, tmp_path: Path, ledger: Path, *args: str, name: str = "run") -> None:
-        self.env = stack_env(tmp_path)
+    def __init__(
+        self, tmp_path: Path, ledger: Path, *args: str, name: str = "run", env: dict | None = None
+    ) -> None:
+        self.env = {**stack_env(tmp_path), **(env or {})}
         self.data_dir = Path(self.env["THRONOS_DATA_DIR"])
         self.out = tmp_path / f"{name}.out"
         self.err = tmp_path / f"{name}.err"
@@ -369,3 +374,44 @@ def test_one_redis_per_folder_and_an_empty_restart_is_loud(
         server.stop()
     assert any("started empty, but held 1 keys" in m for m in server.warnings)
     assert "started empty" in caplog.text
+
+
+def test_run_starts_again_a_worker_whose_consumer_stopped(tmp_path: Path, ledger: Path) -> None:
+    run = Run(tmp_path, ledger, env={"THRONOS_CONSUMER_STALL_S": "2"})
+    try:
+        tree = run.wait_up()
+        url = run.state().redis_url
+        r = redis.Redis.from_url(url)
+        first = len({row.id for row in ledger_rows(ledger)})
+
+        def arrived() -> int:  # the simulator's oldest rows are past the horizon: late
+            counts = store.counts(r)
+            return counts["interactions_seen"] + counts["interactions_late"]
+
+        wait_for(lambda: arrived() == first, 60, lambda: f"{first} rows, {arrived()} arrived")
+        scoring = next(p for p in tree if "scoring1@" in " ".join(p.cmdline()) and pool_of(p))
+        # What kombu's reconnect bug leaves: a live worker that takes nothing from its queue.
+        cancel = [*CLI[:2], "celery", "-A", "thronos_analytics.workers.celery_app"]
+        subprocess.run(
+            [*cancel, "control", "cancel_consumer", SCORING],
+            env={**run.env, "REDIS_URL": url},
+            check=True,
+            timeout=60,
+            capture_output=True,
+        )
+        more = tmp_path / "more.jsonl"
+        write(SimConfig(rows=50, seed=2, bad_rate=0.0), more)
+        with ledger.open("ab") as out:
+            out.write(more.read_bytes())
+        total = first + len({row.id for row in ledger_rows(more)})
+        wait_for(
+            lambda: arrived() == total,
+            timeout=90,
+            what=lambda: f"{total} rows, {arrived()} arrived",
+        )
+        assert not alive(scoring)  # it exited, and run started another
+        log = (run.data_dir / "logs" / "scoring1.log").read_text()
+        assert "this worker took none" in log
+        assert run.process.poll() is None
+    finally:
+        run.stop()

@@ -38,7 +38,7 @@ import orjson
 
 from thronos_analytics.core import store
 from thronos_analytics.core.atomic_file import write_atomically
-from thronos_analytics.core.messages import SCORING, TRAINING, is_amqp
+from thronos_analytics.core.messages import EX_RESTART, SCORING, TRAINING, is_amqp
 from thronos_analytics.core.settings import Settings, use_settings
 
 log = logging.getLogger("thronos.stack")
@@ -652,6 +652,7 @@ class Stack:
         self.loglevel = loglevel
         self.redis: RedisServer | None = None
         self.processes: dict[str, subprocess.Popen] = {}
+        self.commands: dict[str, list[str]] = {}
         self.env = dict(os.environ)
         # name -> the file its output goes to: scoring1.., training, beat, flower, redis.
         self.log_files: dict[str, Path] = {}
@@ -761,6 +762,7 @@ class Stack:
 
     def spawn(self, name: str, command: list[str]) -> subprocess.Popen:
         path = self.log_dir / f"{name}.log"
+        self.commands[name] = command
         with path.open("ab") as out:
             self.processes[name] = subprocess.Popen(
                 command,
@@ -781,11 +783,16 @@ class Stack:
         return self.processes[name]
 
     def check(self) -> None:
-        for name, process in self.processes.items():
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"{name} exited with code {process.returncode}; see {self.log_files[name]}"
-                )
+        for name, process in list(self.processes.items()):
+            if process.poll() is None:
+                continue
+            if process.returncode == EX_RESTART:  # its watchdog asked (workers/watchdog.py)
+                log.warning("%s exited to be started again; starting it", name)
+                self.spawn(name, self.commands[name])
+                continue
+            raise RuntimeError(
+                f"{name} exited with code {process.returncode}; see {self.log_files[name]}"
+            )
         if self.redis and self.redis.process:
             if self.redis.process.poll() is not None:
                 raise RuntimeError(

@@ -3,6 +3,7 @@
 from celery import Celery
 
 import thronos_analytics.core.logs  # noqa: F401  (structured logs with task context, via signals)
+import thronos_analytics.workers.watchdog  # noqa: F401  (a stalled consumer exits, via signals)
 from thronos_analytics.core.messages import celery_config
 from thronos_analytics.core.settings import settings
 from thronos_analytics.workers.schedule import beat_schedule
