@@ -17,6 +17,7 @@ Celery worker processes started here:
    readable in Redis (read with XREAD on the flag stream);
 4. **retrain + export** at 10k, 100k and 1M rows in the ledger state;
 5. **peak RSS** of the scoring worker processes, and single-row scoring cost in-process;
+   and the ledger writer with threads recording at once (``benchmarks.ledger_writes``);
 
 then, from outside, whole ``thronos-analytics run --drain`` processes (``benchmarks.drains``):
 
@@ -558,6 +559,7 @@ def pipeline(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
 def measure(
     args: argparse.Namespace, server: Any, env: dict[str, str], scratch: Path, workers: Processes
 ) -> dict[str, Any]:
+    from benchmarks import ledger_writes
     from thronos_analytics.analytics.simulate import SimConfig, write
     from thronos_analytics.core import store
     from thronos_analytics.core.contract import Row, parse_line
@@ -598,6 +600,9 @@ def measure(
 
     log("single-row scoring cost")
     out["single_row"] = single_row_cost(r, 2000 if not args.quick else 500)
+
+    log("the ledger writer, threads recording at once")
+    out["ledger_writes"] = ledger_writes.measure(scratch)
 
     out["near_real_time"] = []
     for rate in (100, 1000, 5000):
@@ -772,7 +777,7 @@ def verdicts(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 
 
 def report(res: dict[str, Any]) -> str:
-    from benchmarks import drains
+    from benchmarks import drains, ledger_writes
 
     m = res["machine"]
     naive = res["naive"]["rows_per_s"]
@@ -853,6 +858,7 @@ def report(res: dict[str, Any]) -> str:
             for x in res["near_real_time"]
         ),
         "",
+        *ledger_writes.markdown(res["ledger_writes"]),
         "### Scoring one row inside a worker",
         "",
         "| what | µs per row |",

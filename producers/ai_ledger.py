@@ -18,6 +18,7 @@ import os
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,36 +35,126 @@ class LedgerWriteError(OSError):
 
 
 class Ledger:
-    """Append-only JSONL file. A failed append is cut back, so no half line stays behind."""
+    """Append-only JSONL file, shared by the threads of a process.
+
+    A call returns once its line is on disk. Lines written while an fsync runs wait for the
+    next one, which covers them all (group commit): threads that record at once share the
+    fsyncs rather than queueing for one each. A failed write, or a failed fsync, cuts the
+    file back to the first line not yet on disk, and each call whose line that was raises
+    LedgerWriteError: the ledger never holds a half line, nor the line of a call that
+    failed. The file stays open, and is opened again once another file takes its path
+    (rotation).
+    """
 
     def __init__(self, path: Path, fsync: bool = True) -> None:
         self.path = Path(path)
         self.fsync = fsync
-        self.lock = threading.Lock()
+        self.changed = threading.Condition()  # guards _file and its offsets
+        self._file: _OpenFile | None = None
+        self.fsyncs = 0  # fsync rounds so far, for the benchmarks
 
     def append(self, row: dict[str, Any]) -> None:
         line = orjson.dumps(row) + b"\n"
-        with self.lock:
+        with self.changed:
+            file = self._current()
+            start = os.fstat(file.fd).st_size
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                written = os.write(file.fd, line)
+                if written != len(line):
+                    raise OSError(28, "short write (disk full?)")
             except OSError as exc:
-                raise LedgerWriteError(f"cannot open ledger {self.path}: {exc.strerror}") from exc
+                os.ftruncate(file.fd, start)
+                raise self._error(exc) from exc
+            end = start + len(line)
+            if not self.fsync:
+                return
+            file.unsynced = start if file.unsynced is None else file.unsynced
+            failures = file.failures
+            while file.synced < end and file.failures == failures:
+                if not file.syncing:
+                    self._sync(file)
+                else:
+                    self.changed.wait()
+            if file.failures != failures:
+                raise self._error(file.failure)
+
+    def _sync(self, file: _OpenFile) -> None:
+        """One fsync round for every line written so far; called, and returns, locked."""
+        file.syncing = True
+        upto, first = os.fstat(file.fd).st_size, file.unsynced
+        self.changed.release()
+        try:
+            os.fsync(file.fd)
+            failure = None
+        except OSError as exc:
+            failure = exc
+        finally:
+            self.changed.acquire()
+        self.fsyncs += 1
+        file.syncing = False
+        if failure is None:
+            file.synced = upto
+            file.unsynced = None if os.fstat(file.fd).st_size <= upto else upto
+        else:
+            # Nothing after ``first`` is known to be on disk: cut it, and fail its calls.
+            os.ftruncate(file.fd, first or 0)
+            file.synced, file.unsynced = first or 0, None
+            file.failures, file.failure = file.failures + 1, failure
+        self.changed.notify_all()
+
+    def close(self) -> None:
+        """Close the file once every line written is on disk; an append opens it again."""
+        with self.changed:
+            while (file := self._file) is not None:
+                self._settle(file)
+                if self._file is file:
+                    os.close(file.fd)
+                    self._file = None
+
+    def _current(self) -> _OpenFile:
+        """The open ledger; once the path names another file, that one, after every line
+        of the old one is on disk. Called locked; the lock is let go while it waits."""
+        while (file := self._file) is not None:
             try:
-                size = os.fstat(fd).st_size
-                try:
-                    written = os.write(fd, line)
-                    if written != len(line):
-                        raise OSError(28, "short write (disk full?)")
-                    if self.fsync:
-                        os.fsync(fd)
-                except OSError as exc:
-                    os.ftruncate(fd, size)
-                    raise LedgerWriteError(
-                        f"cannot append to ledger {self.path}: {exc.strerror}"
-                    ) from exc
-            finally:
-                os.close(fd)
+                inode: int | None = os.stat(self.path).st_ino
+            except OSError:
+                inode = None
+            if file.inode == inode:
+                return file
+            self._settle(file)
+            if self._file is file:
+                os.close(file.fd)
+                self._file = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise LedgerWriteError(f"cannot open ledger {self.path}: {exc.strerror}") from exc
+        self._file = _OpenFile(fd, os.fstat(fd).st_ino, synced=os.fstat(fd).st_size)
+        return self._file
+
+    def _settle(self, file: _OpenFile) -> None:
+        """Until no round runs on ``file`` and every line of it is on disk (or cut)."""
+        while file.syncing or file.unsynced is not None:
+            if file.syncing:
+                self.changed.wait()
+            else:
+                self._sync(file)
+
+    def _error(self, exc: OSError | None) -> LedgerWriteError:
+        reason = exc.strerror if exc is not None else "unknown error"
+        return LedgerWriteError(f"cannot append to ledger {self.path}: {reason}")
+
+
+@dataclass
+class _OpenFile:
+    fd: int
+    inode: int
+    synced: int  # the file is on disk up to this offset
+    unsynced: int | None = None  # where the lines not on disk yet begin
+    syncing: bool = False
+    failures: int = 0  # failed fsync rounds; a call whose round failed raises
+    failure: OSError | None = None
 
 
 class Recorder:
@@ -88,7 +179,9 @@ class Recorder:
         return row
 
     def close(self, timeout: float | None = 5.0) -> bool:
-        """Send what is queued (False if ``timeout`` ran out first) and stop the outbox."""
+        """Send what is queued (False if ``timeout`` ran out first), stop the outbox and
+        close the ledger."""
+        self.ledger.close()
         return self.outbox.close(timeout) if self.outbox is not None else True
 
 

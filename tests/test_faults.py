@@ -355,35 +355,57 @@ def write_small(tmp_path: Path) -> Path:
 
 DISK_FULL = textwrap.dedent(
     """
-    import resource, signal, sys
+    import json, resource, signal, sys
+    from concurrent.futures import ThreadPoolExecutor
     from thronos_analytics.producers.ai_ledger import Ledger, LedgerWriteError
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
     ledger = Ledger(sys.argv[1])
     resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
-    for i in range(1000):
-        try:
-            ledger.append({"id": f"r{i}", "ts": 1772366400 + i, "provider": "claude",
-                           "meta": {"pad": "x" * 50}})
-        except LedgerWriteError as exc:
-            print(exc)
-            break
+    def append(t):
+        done, errors = [], []
+        for i in range(400):
+            try:
+                ledger.append({"id": f"t{t}-{i}", "ts": 1772366400 + i, "pad": "x" * (i % 90)})
+                done.append(f"t{t}-{i}")
+            except LedgerWriteError as exc:
+                errors.append(str(exc))
+        return done, errors
+    with ThreadPoolExecutor(int(sys.argv[3])) as pool:
+        results = list(pool.map(append, range(int(sys.argv[3]))))
+    print(json.dumps({"done": [i for d, _ in results for i in d],
+                      "errors": [e for _, es in results for e in es]}))
     """
 )
 
 
-def test_disk_full_gives_a_clear_error_and_never_a_half_line(tmp_path):
-    ledger = tmp_path / "ai_ledger.jsonl"
+def fill_the_disk(ledger: Path, limit: int, threads: int) -> dict:
+    """Threads appending to ``ledger`` in a process whose files may not pass ``limit``
+    bytes: the ids whose calls returned, and the errors of those that raised."""
     done = subprocess.run(
-        [sys.executable, "-c", DISK_FULL, str(ledger), "1000"],
+        [sys.executable, "-c", DISK_FULL, str(ledger), str(limit), str(threads)],
         capture_output=True,
         text=True,
         check=True,
         cwd=Path(__file__).parents[1],
     )
-    assert f"cannot append to ledger {ledger}" in done.stdout, done.stdout + done.stderr
+    result = orjson.loads(done.stdout)
     content = ledger.read_bytes()
-    assert content.endswith(b"\n") and len(content) <= 1000
-    assert all(orjson.loads(line) for line in content.splitlines())
+    # Never a half line, and exactly the lines of the calls that returned.
+    assert result["errors"] and content.endswith(b"\n") and len(content) <= limit
+    assert sorted(orjson.loads(line)["id"] for line in content.splitlines()) == sorted(
+        result["done"]
+    )
+    return result
+
+
+def test_disk_full_gives_a_clear_error_and_never_a_half_line(tmp_path):
+    ledger = tmp_path / "ai_ledger.jsonl"
+    result = fill_the_disk(ledger, 1000, threads=1)
+    assert f"cannot append to ledger {ledger}" in result["errors"][0]
+
+
+def test_disk_full_under_threads_keeps_exactly_the_lines_whose_calls_returned(tmp_path):
+    fill_the_disk(tmp_path / "ai_ledger.jsonl", 20_000, threads=4)
 
 
 def test_unwritable_data_dir_names_the_path(tmp_path):

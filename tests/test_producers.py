@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import orjson
@@ -78,6 +79,35 @@ def test_ledger_error_names_the_path(tmp_path):
         locked = Path("/proc/thronos/ledger.jsonl")
     with pytest.raises(LedgerWriteError, match=str(locked)):
         Ledger(locked / "ai_ledger.jsonl" if locked.name == "locked" else locked).append({"a": 1})
+
+
+def test_threads_appending_at_once_each_get_their_line_once_whole_and_in_order(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    threads, each = 8, 250
+
+    def append(t: int) -> None:
+        for i in range(each):
+            ledger.append({"id": f"t{t}-{i}", "thread": t, "i": i, "pad": "x" * (i % 300)})
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(append, range(threads)))
+    ledger.close()
+    rows = [orjson.loads(line) for line in (tmp_path / "ledger.jsonl").read_bytes().splitlines()]
+    assert len(rows) == threads * each
+    for t in range(threads):  # every line once, each thread's in the order it wrote them
+        assert [row["i"] for row in rows if row["thread"] == t] == list(range(each))
+
+
+def test_a_rotated_ledger_is_followed_and_the_old_file_keeps_its_lines(tmp_path):
+    path = tmp_path / "ledger.jsonl"
+    ledger = Ledger(path)
+    ledger.append({"id": "a"})
+    path.rename(tmp_path / "ledger.jsonl.1")  # what logrotate does
+    ledger.append({"id": "b"})
+    path.unlink()  # deleted outright: the next line starts a new file
+    ledger.append({"id": "c"})
+    assert (tmp_path / "ledger.jsonl.1").read_bytes() == b'{"id":"a"}\n'
+    assert path.read_bytes() == b'{"id":"c"}\n'
 
 
 class Collected:
