@@ -415,3 +415,19 @@ def test_run_starts_again_a_worker_whose_consumer_stopped(tmp_path: Path, ledger
         assert run.process.poll() is None
     finally:
         run.stop()
+
+
+def test_a_worker_that_dies_fails_a_drain_at_once_naming_it(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.jsonl"
+    write(SimConfig(rows=100_000, seed=3, bad_rate=0.0), ledger)  # a drain of a minute here
+    run = Run(tmp_path, ledger, "--drain")
+    try:
+        tree = run.wait_up()
+        training = next(p for p in tree if "training@" in " ".join(p.cmdline()) and pool_of(p))
+        training.kill()
+        code = run.process.wait(60)  # not the drain's timeout of half an hour
+    finally:
+        run.stop()
+    err = run.err.read_text()
+    assert code != 0 and "training exited with code -9" in err, err[-2000:]
+    assert "Traceback" not in err

@@ -361,7 +361,9 @@ def run(
         if flower:
             _print_flower(flower_port)
         if drain:
-            _print_json(_drain(config, ledgers, stack.redis_url))
+            with stack.supervised():  # a worker that dies fails the drain, not its timeout
+                summary = _drain(config, ledgers, stack.redis_url)
+            _print_json(summary)
             return
         _serve(config, ledgers, stack)
 

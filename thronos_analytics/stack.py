@@ -15,6 +15,7 @@ then Redis still stops last (``KEEPER``).
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import ctypes
 import fcntl
@@ -28,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -800,6 +801,34 @@ class Stack:
                     f" see {self.redis.log_file}"
                 )
             self.redis.note_keys()
+
+    @contextlib.contextmanager
+    def supervised(self, every: float = 1.0) -> Iterator[None]:
+        """Meanwhile a thread runs ``check``: a worker that asks is started again, and any
+        other exit ends the block (in the main thread) with ``check``'s error."""
+        failed: list[RuntimeError] = []
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(every):
+                try:
+                    self.check()
+                except RuntimeError as exc:
+                    failed.append(exc)
+                    _thread.interrupt_main()
+                    return
+
+        thread = threading.Thread(target=watch, name="stack-supervisor", daemon=True)
+        thread.start()
+        try:
+            yield
+        except KeyboardInterrupt:
+            if failed:
+                raise failed[0] from None
+            raise
+        finally:
+            done.set()
+            thread.join()
 
     def stop(self) -> None:
         """Workers and beat (warm shutdown), then Flower, then Redis; a second signal
