@@ -97,8 +97,9 @@ class Ledger:
             file.unsynced = None if os.fstat(file.fd).st_size <= upto else upto
         else:
             # Nothing after ``first`` is known to be on disk: cut it, and fail its calls.
-            os.ftruncate(file.fd, first or 0)
-            file.synced, file.unsynced = first or 0, None
+            first = file.synced if first is None else first
+            os.ftruncate(file.fd, first)
+            file.synced, file.unsynced = first, None
             file.failures, file.failure = file.failures + 1, failure
         self.changed.notify_all()
 
