@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from thronos_analytics.core.messages import SCORING, TRAINING
+from thronos_analytics.core.messages import EX_RESTART, SCORING, TRAINING
 from thronos_analytics.producers.ai_ledger import Recorder
 from thronos_analytics.stack import RedisServer, free_port, worker_command
 
@@ -82,6 +82,7 @@ class Workers:
     def __init__(self, env: dict) -> None:
         self.env = env
         self.processes: dict[str, subprocess.Popen] = {}
+        self.started: dict[str, tuple[str, int, dict | None]] = {}
 
     def start(
         self, name: str, queues: str = SCORING, concurrency: int = 1, extra_env: dict | None = None
@@ -93,7 +94,16 @@ class Workers:
             start_new_session=True,
         )
         self.processes[name] = process
+        self.started[name] = (queues, concurrency, extra_env)
         return process
+
+    def start_again_those_that_asked(self) -> list[str]:
+        """What `run` does: a worker that exited with EX_RESTART (its watchdog saw its
+        consumer stalled) is started again; the names started."""
+        asked = [n for n, p in self.processes.items() if p.poll() == EX_RESTART]
+        for name in asked:
+            self.start(name, *self.started[name])
+        return asked
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Until every started worker answers a ping."""

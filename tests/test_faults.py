@@ -165,8 +165,11 @@ def test_a_send_while_redis_is_down_fails_at_once_and_the_next_one_goes(env, r, 
 
 
 def test_redis_down_30s_while_recording(env, r, workers, redis_server, tmp_path, recorders):
-    workers.start("scoring1", SCORING, extra_env=WORKER_ENV)
-    workers.start("training", TRAINING, extra_env=WORKER_ENV)
+    # A consumer that kombu leaves stalled after the reconnect exits, and is started again,
+    # as under `run` (workers/watchdog.py); longer than kombu's longest retry wait of 30 s.
+    watched = {**WORKER_ENV, "THRONOS_CONSUMER_STALL_S": "35"}
+    workers.start("scoring1", SCORING, extra_env=watched)
+    workers.start("training", TRAINING, extra_env=watched)
     workers.wait_ready()
     recorder = recorders(tmp_path / "ai_ledger.jsonl", batch_size=100, linger_ms=5)
     before = [
@@ -203,7 +206,12 @@ def test_redis_down_30s_while_recording(env, r, workers, redis_server, tmp_path,
             f" {r.llen(SCORING)} scoring messages queued"
         )
 
-    wait_for(lambda: scored(r) == len(rows), timeout=120, what=state)
+    def all_scored() -> bool:
+        restarted.extend(workers.start_again_those_that_asked())
+        return scored(r) == len(rows)
+
+    restarted: list[str] = []
+    wait_for(all_scored, timeout=120, what=lambda: f"{state()}; restarted: {restarted}")
     assert_scored_exactly_once(r, rows)
     # The outbox kept receipts: what the broker lost as Redis stopped was sent again.
     assert recorder.outbox.receipts is not None
