@@ -19,6 +19,7 @@ Missing rows are sent again
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import deque
@@ -36,6 +37,7 @@ RESEND_AFTER_S = 10.0
 # At most this many rows wait for their receipt: past that a producer waits for Redis.
 MAX_WAITING_ROWS = 100_000
 PROBE_ROWS = 16  # rows of a batch looked up before all of them
+MAX_LOOKUP_BATCHES = 500  # small batches looked up in one round trip
 # A worker writes a message's receipt just after its rows: its rows are looked up only if
 # none came this long after they were found in (the worker died in between).
 RECEIPT_WAIT_S = 2.0
@@ -135,6 +137,10 @@ class Receipts:
             # A few rows spread over the batch first: while one is missing, so is the batch,
             # and a poll costs a few lookups rather than one per row.
             step = len(head.rows) // PROBE_ROWS
+            if step <= 1 and head.message is None:
+                if self._drop_small_seen():
+                    continue
+                return
             if step > 1 and store.unseen(self.redis, head.rows[::step]):
                 return
             if head.message is not None:
@@ -147,6 +153,24 @@ class Receipts:
             if missing:
                 return
             self.sent.popleft()
+
+    def _drop_small_seen(self) -> bool:
+        """The small batches at the head (a live producer's, a few rows each) looked up
+        together, in one round trip rather than one each: their seen rows forgotten, and
+        the batches left empty. Whether none of them is left."""
+        group: list[Sent] = []
+        for sent in itertools.islice(self.sent, MAX_LOOKUP_BATCHES):
+            if len(sent.rows) // PROBE_ROWS > 1 or sent.message is not None:
+                break
+            group.append(sent)
+        missing = {id(e) for e in store.unseen(self.redis, [e for s in group for e in s.rows])}
+        for sent in group:
+            left = [e for e in sent.rows if id(e) in missing]
+            self.waiting -= len(sent.rows) - len(left)
+            sent.rows = left
+        while self.sent and not self.sent[0].rows:
+            self.sent.popleft()
+        return not missing
 
     def _resend(self, batches: list[Sent], now: float) -> int:
         """Send again the rows of ``batches`` that Redis has not seen; how many there were."""
