@@ -45,6 +45,8 @@ REJECTED_STREAM = CONTROL + "rejected:stream"  # STREAM of rejections, capped
 REJECTED_BEFORE_DAYS = CONTROL + "rejected"
 LAG_HISTOGRAM = CONTROL + "stats:lag"  # HASH bucket bound -> count, and "sum"
 WORKER_ROWS = CONTROL + "stats:worker_rows"  # HASH worker hostname -> rows handled
+# HASH worker hostname -> times it exited because its consumer stalled (workers/watchdog.py)
+WORKER_STALLS = CONTROL + "stats:worker_stalls"
 WARNINGS = CONTROL + "warnings"  # HASH warning key -> JSON, so each is reported once
 # HASH incident key -> JSON: the incidents of the current window, with first_reported_at
 INCIDENTS = CONTROL + "incidents"

@@ -48,6 +48,14 @@ class RedisCollector:
         for provider, n in report["anomaly_rate"]["by_provider"].items():
             anomalies.add_metric([provider], n)
         yield anomalies
+        stalls = CounterMetricFamily(
+            "thronos_worker_stalls",
+            "Exits of a worker whose consumer stalled, to be started again",
+            labels=["worker"],
+        )
+        for worker, n in report["worker_stalls"].items():
+            stalls.add_metric([worker], n)
+        yield stalls
         depth = GaugeMetricFamily("thronos_queue_depth", "Messages waiting", labels=["queue"])
         for queue, n in report["queues"].items():
             depth.add_metric([queue], n)

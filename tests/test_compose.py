@@ -76,6 +76,7 @@ EXPECTED_ALERTS = {
     "ThronosFlowerDown",
     "ThronosNoWorkerOnline",
     "ThronosWorkerLost",
+    "ThronosWorkerStalls",
     "ThronosScoringLagHigh",
     "ThronosAnomalyRateSpike",
     "ThronosQualityWarnings",
@@ -564,6 +565,7 @@ def test_alert_rules_parse_and_cover_the_pipeline():
     assert expr["ThronosMetricsExporterDown"] == 'up{job="thronos-metrics"} == 0'
     assert "flower_worker_online" in expr["ThronosNoWorkerOnline"]
     assert "flower_worker_online" in expr["ThronosWorkerLost"]
+    assert "increase(thronos_worker_stalls_total[1h])" in expr["ThronosWorkerStalls"]
     assert "histogram_quantile(0.99" in expr["ThronosScoringLagHigh"]
     assert "thronos_scoring_lag_seconds_bucket" in expr["ThronosScoringLagHigh"]
     assert expr["ThronosScoringLagHigh"].endswith("> 1")

@@ -6,6 +6,9 @@ from __future__ import annotations
 from thronos_analytics.core import store
 from thronos_analytics.core.contract import parse_line
 from thronos_analytics.core.messages import EX_RESTART, SCORING, send_batch
+from thronos_analytics.core.metrics import RedisCollector
+from thronos_analytics.core.settings import settings
+from thronos_analytics.workers.registry import NAMES
 from thronos_analytics.workers.watchdog import Watch
 
 from processes import wait_for
@@ -41,5 +44,11 @@ def test_a_worker_whose_consumer_stopped_exits_to_be_restarted_and_its_messages_
     send_batch([row])
     assert worker.wait(30) == EX_RESTART
     assert r.llen(SCORING) == 1  # still queued: the next worker takes it
+    (hostname,) = store.worker_stalls(r)  # counted, for status and the metrics
+    (stalls,) = [m for m in RedisCollector(r, settings(), NAMES).collect() if "stalls" in m.name]
+    assert hostname.startswith("scoring1@")
+    assert [(s.name, s.labels, s.value) for s in stalls.samples] == [
+        ("thronos_worker_stalls_total", {"worker": hostname}, 1)
+    ]
     workers.start("scoring2", SCORING)
     wait_for(lambda: store.counts(r)["interactions_seen"] == 1, timeout=60, what="the row seen")

@@ -954,6 +954,8 @@ def _print_status(report: dict[str, Any]) -> None:
     for queue, depth in report["queues"].items():
         backlog.add_row(f"queue {queue}", f"[yellow]{depth:,}[/]" if depth else "0", "messages")
     backlog.add_row("waiting for model", f"{report['pending']:,}", "rows")
+    if stalls := sum(report["worker_stalls"].values()):
+        backlog.add_row("consumer stalls", f"[yellow]{stalls:,}[/]", "worker exits, restarted")
 
     models = Table(box=None, padding=(0, 1), show_edge=False)
     for column in ("model", "version", "age", "rows"):

@@ -3,13 +3,15 @@
 After a broker reconnect, kombu's Redis transport can leave a worker connected and idle,
 never taking another message (celery#8091, #10205): the queue grows, nothing is scored and
 nothing says so. So each worker watches its own queues. If one holds messages for
-``THRONOS_CONSUMER_STALL_S`` while the worker takes none and holds none, it logs why and
-exits with ``EX_RESTART``; ``thronos-analytics run`` and compose's ``restart:`` start it
-again. The messages wait in the queue meanwhile, so nothing is lost.
+``THRONOS_CONSUMER_STALL_S`` while the worker takes none and holds none, it logs why,
+counts it (``worker_stalls`` in ``status`` and the metrics) and exits with
+``EX_RESTART``; ``thronos-analytics run``, compose and systemd start it again. The
+messages wait in the queue meanwhile, so nothing is lost.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -20,6 +22,7 @@ from typing import Any
 from celery.signals import task_received, worker_ready
 from celery.worker import state
 
+from thronos_analytics.core import store
 from thronos_analytics.core.messages import EX_RESTART, queue_depths
 from thronos_analytics.core.settings import settings
 
@@ -58,8 +61,9 @@ class Watch:
         )
 
 
-def watch(queues: Iterable[str], stall_s: float, every: float) -> Watch:
-    """Start the watching thread; the returned Watch is told of each message taken."""
+def watch(queues: Iterable[str], stall_s: float, every: float, worker: str) -> Watch:
+    """Start the watching thread for ``worker`` (its hostname); the returned Watch is told
+    of each message taken."""
     config = settings()
     current = Watch(queues, stall_s)
 
@@ -74,6 +78,8 @@ def watch(queues: Iterable[str], stall_s: float, every: float) -> Watch:
             reason = current.stalled(depths, len(state.reserved_requests), time.monotonic())
             if reason:
                 log.error("%s", reason)
+                with contextlib.suppress(Exception):  # the state's Redis may be away too
+                    store.count_worker_stall(store.connect(), worker)
                 state.should_stop = EX_RESTART  # what Celery's SIGTERM handler sets
                 time.sleep(GRACE_S)
                 os._exit(EX_RESTART)  # the warm shutdown itself hung
@@ -91,7 +97,7 @@ def _start(sender: Any, **_: Any) -> None:
     stall_s = settings().consumer_stall_s
     if _watch is None and stall_s > 0:
         queues = sender.app.amqp.queues.consume_from
-        _watch = watch(queues, stall_s, every=min(stall_s / 4, 5.0))
+        _watch = watch(queues, stall_s, min(stall_s / 4, 5.0), sender.hostname)
 
 
 @task_received.connect

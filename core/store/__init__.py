@@ -33,6 +33,7 @@ from thronos_analytics.core.store.ledger import (
     anomalies,
     check_layout,
     count_worker_rows,
+    count_worker_stall,
     counts,
     drain_pending,
     dropped_fields,
@@ -55,6 +56,7 @@ from thronos_analytics.core.store.ledger import (
     unseen,
     was_seen,
     worker_rows,
+    worker_stalls,
 )
 from thronos_analytics.core.store.models import (
     KEPT_VERSIONS,
@@ -80,6 +82,7 @@ __all__ = [
     "apply_scores",
     "connect",
     "count_worker_rows",
+    "count_worker_stall",
     "counts",
     "current_model",
     "current_version",
@@ -120,5 +123,6 @@ __all__ = [
     "versions",
     "was_seen",
     "worker_rows",
+    "worker_stalls",
     "window_rows",
 ]

@@ -113,6 +113,16 @@ def worker_rows(r: Redis) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in r.hgetall(keys.WORKER_ROWS).items()}
 
 
+def count_worker_stall(r: Redis, worker: str) -> None:
+    """A worker exits because its consumer stalled (workers/watchdog.py)."""
+    r.hincrby(keys.WORKER_STALLS, worker, 1)
+
+
+def worker_stalls(r: Redis) -> dict[str, int]:
+    """Times each worker exited because its consumer stalled."""
+    return {k.decode(): int(v) for k, v in r.hgetall(keys.WORKER_STALLS).items()}
+
+
 def unflagged(r: Redis, rows: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
     """The (id, ts) of ``rows`` that wait for a flag: held without one, or not held and
     neither late (a late row is counted as such and gets none) nor past the horizon (its

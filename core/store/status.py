@@ -15,7 +15,13 @@ from thronos_analytics.core import keys
 from thronos_analytics.core.messages import queue_depths
 from thronos_analytics.core.settings import Settings
 from thronos_analytics.core.store.connection import Redis
-from thronos_analytics.core.store.ledger import LAG_BUCKETS, counts, dropped_fields, last_export
+from thronos_analytics.core.store.ledger import (
+    LAG_BUCKETS,
+    counts,
+    dropped_fields,
+    last_export,
+    worker_stalls,
+)
 from thronos_analytics.core.store.models import model_info
 from thronos_analytics.core.store.shards import all_shards, entry_order, per_shard, summed
 
@@ -58,6 +64,7 @@ def read_status(
             "duration_s": info.get("duration_s"),
             "last_failure": orjson.loads(failure) if failure else None,
         }
+    report["worker_stalls"] = worker_stalls(r)
     report["redis_memory"] = _memory(r, report["interactions_seen"])
     report["dropped_fields"] = dropped_fields(r)
     report["warnings"] = [orjson.loads(v).get("message", "") for v in r.hvals(keys.WARNINGS)]
