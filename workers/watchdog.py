@@ -57,7 +57,7 @@ class Watch:
         queued = ", ".join(f"{n:,} on {q}" for q, n in waiting.items())
         return (
             f"messages waited {idle:.0f}s ({queued}) and this worker took none: its consumer"
-            " stopped after a broker reconnect; exiting to be started again"
+            " is stuck (a broker reconnect can leave it so); exiting to be started again"
         )
 
 
