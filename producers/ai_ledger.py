@@ -107,10 +107,7 @@ class Ledger:
         """Close the file once every line written is on disk; an append opens it again."""
         with self.changed:
             while (file := self._file) is not None:
-                self._settle(file)
-                if self._file is file:
-                    os.close(file.fd)
-                    self._file = None
+                self._retire(file)
 
     def _current(self) -> _OpenFile:
         """The open ledger; once the path names another file, that one, after every line
@@ -122,10 +119,7 @@ class Ledger:
                 inode = None
             if file.inode == inode:
                 return file
-            self._settle(file)
-            if self._file is file:
-                os.close(file.fd)
-                self._file = None
+            self._retire(file)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -134,13 +128,17 @@ class Ledger:
         self._file = _OpenFile(fd, os.fstat(fd).st_ino, synced=os.fstat(fd).st_size)
         return self._file
 
-    def _settle(self, file: _OpenFile) -> None:
-        """Until no round runs on ``file`` and every line of it is on disk (or cut)."""
+    def _retire(self, file: _OpenFile) -> None:
+        """Close ``file`` once no round runs on it and every line of it is on disk (or
+        cut), unless another thread did meanwhile."""
         while file.syncing or file.unsynced is not None:
             if file.syncing:
                 self.changed.wait()
             else:
                 self._sync(file)
+        if self._file is file:
+            os.close(file.fd)
+            self._file = None
 
     def _error(self, exc: OSError | None) -> LedgerWriteError:
         reason = exc.strerror if exc is not None else "unknown error"
